@@ -107,6 +107,10 @@ class Transcript:
             attempt += 1
         return out
 
+    def digest(self, nbytes: int = 32) -> bytes:
+        """A hash commitment to everything appended so far."""
+        return self._stream("digest", nbytes)
+
     def challenge_signed(self, bits: int, label: str = "e") -> int:
         """Uniform e in ±2^bits, i.e. [-2^bits, 2^bits]."""
         return self._uniform(label, (1 << (bits + 1)) + 1, 1)[0] - (1 << bits)
