@@ -54,7 +54,7 @@ class PaillierPublicKey:
 
     def validate_ciphertext(self, c: int) -> mpz:
         """Return ``c`` as mpz if it is in Z*_{N²}; raise :class:`InvalidCiphertext` otherwise."""
-        if not isinstance(c, int) and type(c) is not type(mpz(0)):
+        if isinstance(c, bool) or (not isinstance(c, int) and type(c) is not type(mpz(0))):
             raise InvalidCiphertext("ciphertext is not an integer")
         c = mpz(c)
         if c <= 0 or c >= self.nn or gmpy2.gcd(c, self.n_mpz) != 1:
@@ -158,7 +158,11 @@ class PaillierSecretKey:
 
 
 class _CrtN:
-    """x^e mod N = pq via CRT, exponents reduced mod p-1, q-1 (spec §2.2)."""
+    """x^e mod N = pq via CRT, exponents reduced mod p-1, q-1 (spec §2.2).
+
+    Reducing the exponent is only sound for bases that are units mod N: callers
+    MUST validate peer-supplied bases first.
+    """
 
     def __init__(self, p: mpz, q: mpz) -> None:
         self.p, self.q = p, q
@@ -175,7 +179,10 @@ class _CrtN:
 
 
 class _CrtN2:
-    """x^e mod N² = p²q² via CRT (spec Algorithm 'CRT exponentiation mod N²')."""
+    """x^e mod N² = p²q² via CRT (spec Algorithm 'CRT exponentiation mod N²').
+
+    As for :class:`_CrtN`, the base MUST be a unit mod N.
+    """
 
     def __init__(self, p: mpz, q: mpz) -> None:
         self.pp, self.qq = p * p, q * q

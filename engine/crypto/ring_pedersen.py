@@ -52,14 +52,20 @@ class RingPedersenParams:
     def commit(self, x: int, y: int, sk: PaillierSecretKey | None = None) -> mpz:
         """s^x · t^y mod N̂ (negative exponents allowed). ``sk`` enables CRT for the owner."""
         if sk is not None:
+            self._check_owner(sk)
             return sk.powmod_n(self.s, x) * sk.powmod_n(self.t, y) % self.n_mpz
         n = self.n_mpz
         return gmpy2.powmod(mpz(self.s), mpz(x), n) * gmpy2.powmod(mpz(self.t), mpz(y), n) % n
 
     def powmod(self, base: int, exp: int, sk: PaillierSecretKey | None = None) -> mpz:
         if sk is not None:
+            self._check_owner(sk)
             return sk.powmod_n(base, exp)
         return gmpy2.powmod(mpz(base), mpz(exp), self.n_mpz)
+
+    def _check_owner(self, sk: PaillierSecretKey) -> None:
+        if sk.n != self.n:
+            raise ValueError("CRT key does not belong to this modulus")
 
 
 @wire("rped.secret")

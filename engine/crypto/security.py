@@ -43,7 +43,8 @@ class SecurityLevel:
 
     def check(self) -> None:
         # correctness conditions from the spec: ℓ ≥ λ, ε ≥ 8 + log Q, ℓ' ≤ 8κ
-        assert self.ell >= 256 and self.epsilon >= 8 + self.q_bits and self.ell_prime <= 8 * self.kappa
+        if not (self.ell >= 256 and self.epsilon >= 8 + self.q_bits and self.ell_prime <= 8 * self.kappa):
+            raise ValueError(f"security level {self.name} violates the parameter constraints")
 
 
 class UnknownLevel(ValueError):
