@@ -66,14 +66,18 @@ def run_rounds(
     rng: Rng,
     tamper: Callable[[str, int, int, Any, list[Delivery]], tuple[Any, list[Delivery]]] | None = None,
     honest: Callable[[int], bool] = lambda _: True,
+    persist: Callable[[Any], Any] | None = None,
 ) -> dict[int, Any]:
     """Drive one protocol to completion for every party; return each party's output.
 
     ``tamper(protocol, round_no, party, state, deliveries)`` lets an adversary
-    rewrite its own state and messages after each of its rounds.
+    rewrite its own state and messages after each of its rounds. ``persist``
+    is applied to every state between rounds, the way a runtime stores and
+    reloads it; the next round runs on what it returns.
     """
     parties = sorted(firsts)
-    states = {i: adv.state for i, adv in firsts.items()}
+    keep = persist or (lambda st: st)
+    states = {i: keep(adv.state) for i, adv in firsts.items()}
     pending: dict[int, list[Delivery]] = {i: _expand(adv.outbox, parties) for i, adv in firsts.items()}
     round_no = 1
     outputs: dict[int, Any] = {}
@@ -101,7 +105,7 @@ def run_rounds(
             if isinstance(result, Abort):
                 reports[i] = result
             elif isinstance(result, Advance):
-                states[i] = result.state
+                states[i] = keep(result.state)
                 nxt[i] = _expand(result.outbox, parties)
             elif isinstance(result, Done):
                 outputs[i] = result.output
@@ -151,6 +155,7 @@ class Simulation:
         primes: PrimeSource | None = None,
         rng: Rng = SYSTEM_RNG,
         cheat: Any = None,
+        persist: Callable[[Any], Any] | None = None,
     ) -> None:
         if not 1 <= threshold <= parties:
             raise ValueError("need 1 <= threshold <= parties")
@@ -162,6 +167,7 @@ class Simulation:
         self.primes = primes or (lambda bits: generate_safe_prime(bits))
         self.rng = rng
         self.cheat = cheat
+        self.persist = persist
         self.timings: dict[str, float] = {}
 
     # helpers ---------------------------------------------------------------
@@ -190,7 +196,7 @@ class Simulation:
                 i: keygen.round1(keygen.KeygenParams(eid, i, self.party_ids, self.threshold), self.rng)
                 for i in self.party_ids
             }
-            return run_rounds("keygen", firsts, keygen.ROUNDS, self.rng, self._tamper(), self._honest)
+            return run_rounds("keygen", firsts, keygen.ROUNDS, self.rng, self._tamper(), self._honest, self.persist)
 
         return self._timed("keygen", run)
 
@@ -220,7 +226,7 @@ class Simulation:
                 i: aux_info.round1(aux_info.AuxParams(eid, i, self.party_ids, self.level.name), keys[i], self.rng)
                 for i in self.party_ids
             }
-            return run_rounds("aux", firsts, aux_info.ROUNDS, self.rng, self._tamper(), self._honest)
+            return run_rounds("aux", firsts, aux_info.ROUNDS, self.rng, self._tamper(), self._honest, self.persist)
 
         return self._timed("aux_info", run)
 
@@ -235,7 +241,7 @@ class Simulation:
                 i: presign.round1(presign.PresignParams(eid, i, signers, self.level.name), shares[i], aux[i], self.rng)
                 for i in signers
             }
-            return run_rounds("presign", firsts, presign.ROUNDS, self.rng, self._tamper(), self._honest)
+            return run_rounds("presign", firsts, presign.ROUNDS, self.rng, self._tamper(), self._honest, self.persist)
 
         return self._timed("presign", run)
 
@@ -244,7 +250,7 @@ class Simulation:
 
         def run():
             firsts = {i: sign.round1(sign.SignParams(eid, i, digest), ps) for i, ps in presigs.items()}
-            return run_rounds("sign", firsts, sign.ROUNDS, self.rng, self._tamper(), self._honest)
+            return run_rounds("sign", firsts, sign.ROUNDS, self.rng, self._tamper(), self._honest, self.persist)
 
         outputs = self._timed("sign", run)
         results = list(outputs.values())

@@ -52,3 +52,19 @@ def rng() -> SeededRng:
 @pytest.fixture(scope="session")
 def dev_keys() -> list[PaillierSecretKey]:
     return paillier_keys("dev-2048", 6)
+
+
+def _ceremony(parties: int, threshold: int):
+    from engine.simulation import Simulation
+    from tests.protocols.support import prime_pool
+
+    sim = Simulation(parties, threshold, level="dev-2048", primes=prime_pool(1024))
+    shares = sim.keygen()
+    aux = sim.aux_info()
+    return sim, shares, aux
+
+
+@pytest.fixture(scope="session")
+def three_of_five():
+    """Key shares and aux info for a 3-of-5 key at dev-2048 (shared: aux-info is the slow part)."""
+    return _ceremony(5, 3)

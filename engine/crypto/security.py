@@ -37,10 +37,6 @@ class SecurityLevel:
         """A receiver rejects any modulus shorter than this (8κ - 1 bits)."""
         return 8 * self.kappa - 1
 
-    @property
-    def rid_bytes(self) -> int:
-        return self.kappa // 8
-
     def check(self) -> None:
         # correctness conditions from the spec: ℓ ≥ λ, ε ≥ 8 + log Q, ℓ' ≤ 8κ
         if not (self.ell >= 256 and self.epsilon >= 8 + self.q_bits and self.ell_prime <= 8 * self.kappa):

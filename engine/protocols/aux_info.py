@@ -196,7 +196,7 @@ def round3(state: State2, inbound: tuple[Msg, ...], rng: Rng) -> Advance | Abort
     )
     if isinstance(got, Abort):
         return got
-    bad = check_echo(PROTOCOL, 2, state.echo, {j: (r.broadcast.echo, r.broadcast_id) for j, r in got.items()})
+    bad = check_echo(PROTOCOL, 2, state.party, state.echo, {j: (r.broadcast.echo, r.broadcast_id) for j, r in got.items()})
     if bad is not None:
         return bad
     blames: list[Blame] = []

@@ -47,7 +47,7 @@ class InternalError(RuntimeError):
 
 
 @wire("mpc.msg")
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Msg:
     protocol: str
     eid: bytes  # execution id
@@ -60,6 +60,10 @@ class Msg:
     @property
     def id(self) -> str:
         return message_id(self.protocol, self.eid, self.round, self.sender, self.recipient)
+
+    def __repr__(self) -> str:
+        # bodies may carry shares; only the header is printable
+        return f"Msg({self.id}, {type(self.body).__name__})"
 
 
 def message_id(protocol: str, eid: bytes, round_: int, sender: int, recipient: int | None) -> str:
@@ -205,31 +209,44 @@ def _dedupe(blames: list[Blame]) -> list[Blame]:
 
 
 def echo_digest(items: Sequence[tuple[int, bytes]]) -> dict[int, bytes]:
-    """Per-sender digests of a broadcast round, for the reliable-broadcast echo check."""
-    return {who: hashlib.sha256(data).digest()[:16] for who, data in items}
+    """Per-sender SHA-256 digests of a broadcast round, for the reliable-broadcast echo check."""
+    return {who: hashlib.sha256(data).digest() for who, data in items}
 
 
 def check_echo(
     protocol: str,
     round_: int,
+    me: int,
     mine: dict[int, bytes],
     echoes: dict[int, tuple[dict[int, bytes], str | None]],
 ) -> Abort | None:
-    """Compare what every party says each sender broadcast.
+    """Compare every peer's account of a broadcast round with what we received.
 
-    If two parties report different digests for sender ``k``'s broadcast, ``k``
-    sent different messages to different parties: ``k`` is the culprit. (Once
-    envelopes are signed, the echo carries the sender's signatures as proof.)
+    Only conclusions this party can draw on its own are blamed:
+
+    * peer ``r``'s account of *its own* broadcast differs from what ``r`` sent
+      us: ``r`` equivocated;
+    * peer ``r``'s account of *our* broadcast is wrong: ``r`` lies in its echo.
+
+    Any other mismatch (``r`` and we disagree about a third party ``k``) means
+    ``k`` equivocated or ``r`` lies, and cannot be settled without signed
+    envelopes: the round aborts without blame rather than frame an honest party.
     """
-    culprits: list[Blame] = []
-    for sender, digest in mine.items():
-        for reporter, (view, msg_id) in echoes.items():
-            if reporter == sender:
+    blames: list[Blame] = []
+    ambiguous = False
+    for reporter, (view, msg_id) in sorted(echoes.items()):
+        for sender, digest in sorted(mine.items()):
+            if view.get(sender) == digest:
                 continue
-            if view.get(sender) != digest:
-                culprits.append(Blame(sender, "broadcast differently to different parties (echo mismatch)", msg_id))
-                break
-    if culprits:
-        return Abort.blame(protocol, round_, culprits)
+            if sender == reporter:
+                blames.append(Blame(reporter, "broadcast differently to different parties (echo mismatch)", msg_id))
+            elif sender == me:
+                blames.append(Blame(reporter, "echo misreports our broadcast", msg_id))
+            else:
+                ambiguous = True
+    if blames:
+        return Abort.blame(protocol, round_, _dedupe(blames))
+    if ambiguous:
+        return Abort((), "echo mismatch about a third party; not attributable without signed envelopes",
+                     round_, protocol, (), False)
     return None
-

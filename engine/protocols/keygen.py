@@ -88,9 +88,14 @@ class Decommitment:
 
 
 @wire("keygen.share")
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Share:
+    """Confidential: the runtime encrypts it to the recipient."""
+
     sigma: int  # σ_ij = f_i(j)
+
+    def __repr__(self) -> str:
+        return "Share(<hidden>)"
 
 
 @wire("keygen.schnorr")
@@ -215,7 +220,7 @@ def round3(state: State2, inbound: tuple[Msg, ...], rng: Rng) -> Advance | Abort
     )
     if isinstance(got, Abort):
         return got
-    bad = check_echo(PROTOCOL, 2, state.echo, {j: (r.broadcast.echo, r.broadcast_id) for j, r in got.items()})
+    bad = check_echo(PROTOCOL, 2, state.party, state.echo, {j: (r.broadcast.echo, r.broadcast_id) for j, r in got.items()})
     if bad is not None:
         return bad
     blames: list[Blame] = []

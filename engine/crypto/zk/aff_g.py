@@ -78,7 +78,7 @@ class AffGProof:
     wy: int  # w_y = r_y·ρ_y^e mod N_i
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Nonces:
     alpha: int  # α
     beta: int  # β
