@@ -35,11 +35,13 @@ class RingPedersenParams:
     def n_mpz(self) -> mpz:
         return _cache(self, "_n", lambda: mpz(self.n))
 
-    def validate(self, min_bits: int) -> None:
+    def validate(self, min_bits: int, max_bits: int | None = None) -> None:
         """Structural checks a receiver MUST run before verifying Πprm."""
         n = self.n_mpz
-        if n.bit_length() < min_bits:
+        if n <= 0 or n.bit_length() < min_bits:
             raise InvalidRingPedersen(f"modulus has {n.bit_length()} bits, below the required {min_bits}")
+        if max_bits is not None and n.bit_length() > max_bits:
+            raise InvalidRingPedersen(f"modulus has {n.bit_length()} bits, above the allowed {max_bits}")
         if n % 2 == 0:
             raise InvalidRingPedersen("modulus is even")
         for name, v in (("s", self.s), ("t", self.t)):

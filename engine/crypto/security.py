@@ -37,6 +37,11 @@ class SecurityLevel:
         """A receiver rejects any modulus shorter than this (8κ - 1 bits)."""
         return 8 * self.kappa - 1
 
+    @property
+    def max_modulus_bits(self) -> int:
+        """...or longer than this (8κ bits): an oversized modulus would only make verifying slow."""
+        return 8 * self.kappa
+
     def check(self) -> None:
         # correctness conditions from the spec: ℓ ≥ λ, ε ≥ 8 + log Q, ℓ' ≤ 8κ
         if not (self.ell >= 256 and self.epsilon >= 8 + self.q_bits and self.ell_prime <= 8 * self.kappa):

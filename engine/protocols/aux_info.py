@@ -211,7 +211,7 @@ def round3(state: State2, inbound: tuple[Msg, ...], rng: Rng) -> Advance | Abort
             blames.append(Blame(j, "decommitment does not open the round-1 commitment", r.broadcast_id))
             continue
         try:
-            params_j.validate(level.min_modulus_bits)
+            params_j.validate(level.min_modulus_bits, level.max_modulus_bits)
         except InvalidRingPedersen as exc:
             blames.append(Blame(j, f"Paillier/ring-Pedersen parameters rejected: {exc}", r.broadcast_id))
             continue
