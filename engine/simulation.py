@@ -156,6 +156,7 @@ class Simulation:
         rng: Rng = SYSTEM_RNG,
         cheat: Any = None,
         persist: Callable[[Any], Any] | None = None,
+        progress: Callable[[str, float | None], None] | None = None,
     ) -> None:
         if not 1 <= threshold <= parties:
             raise ValueError("need 1 <= threshold <= parties")
@@ -168,6 +169,7 @@ class Simulation:
         self.rng = rng
         self.cheat = cheat
         self.persist = persist
+        self.progress = progress  # called with (phase, None) on start and (phase, seconds) on finish
         self.timings: dict[str, float] = {}
 
     # helpers ---------------------------------------------------------------
@@ -181,11 +183,16 @@ class Simulation:
         return self.cheat.tamper if self.cheat is not None else None
 
     def _timed(self, phase: str, fn: Callable[[], Any]) -> Any:
+        if self.progress is not None:
+            self.progress(phase, None)
         t0 = time.perf_counter()
         try:
             return fn()
         finally:
-            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self.timings[phase] = self.timings.get(phase, 0.0) + elapsed
+            if self.progress is not None:
+                self.progress(phase, elapsed)
 
     # phases ----------------------------------------------------------------
     def keygen(self) -> dict[int, keygen.KeyShare]:

@@ -116,7 +116,12 @@ def cmd_simulate(args) -> int:
             raise UsageError(f"--cheat names party {cheat.party}, but parties are 1..{args.parties}")
     try:
         sim = Simulation(
-            args.parties, args.threshold, level=level, primes=_prime_source(args, level.prime_bits), cheat=cheat
+            args.parties,
+            args.threshold,
+            level=level,
+            primes=_prime_source(args, level.prime_bits),
+            cheat=cheat,
+            progress=None if args.json else _phase_progress,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -164,9 +169,33 @@ def cmd_simulate(args) -> int:
         "security_level": level.name,
         "timings": {k: round(v, 4) for k, v in ceremony.timings.items()},
     }
-    human = "\n".join(f"{k}: {v}" for k, v in out.items())
-    _emit(args, out, human=human)
+    _emit(args, out, human=_describe_signature(out))
     return EXIT_OK
+
+
+def _phase_progress(phase: str, seconds: float | None) -> None:
+    label = phase.replace("_", "-")
+    if seconds is None:
+        print(f"{label}…", file=sys.stderr, flush=True)
+    else:
+        print(f"{label} done in {seconds:.3f} s", file=sys.stderr, flush=True)
+
+
+def _describe_signature(out: dict) -> str:
+    signers = ", ".join(str(s) for s in out["signers"])
+    timings = " · ".join(f"{k.replace('_', '-')} {v:.3f} s" for k, v in out["timings"].items())
+    rows = [
+        f"{out['threshold']}-of-{out['parties']} signature by parties {signers} ({out['security_level']})",
+        f"  public key  {out['public_key']}",
+        f"  digest      {out['digest']}",
+        f"  r           {out['r']}",
+        f"  s           {out['s']}  (low-S)",
+        f"  v           {out['v']}",
+        f"  DER         {out['der']}",
+        "  checked     verifies under the group key; v recovers the group key",
+        f"  timings     {timings}",
+    ]
+    return "\n".join(rows)
 
 
 def _cheat_needs_signer(cheat) -> bool:
