@@ -42,6 +42,7 @@ identical without them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import gmpy2
 from gmpy2 import mpz
@@ -50,8 +51,17 @@ from engine.crypto.group import Point, Rng, base_mul
 from engine.crypto.paillier import PaillierPublicKey, PaillierSecretKey, sample_unit
 from engine.crypto.ring_pedersen import RingPedersenParams
 from engine.crypto.security import SecurityLevel
-from engine.crypto.transcript import Transcript
-from engine.crypto.zk.common import ProofError, check_int, in_pm, sample_pm
+from engine.crypto.zk.common import (
+    ProofError,
+    check_int,
+    in_pm,
+    matching_key,
+    modulus,
+    point,
+    range_challenge,
+    sample_pm,
+    unit,
+)
 from schemas.codec import wire
 
 __all__ = ["AffGProof", "prove", "verify"]
@@ -92,32 +102,10 @@ class _Nonces:
 
 # -- helpers -----------------------------------------------------------------
 
-
-def _unit(v: object, n: mpz, what: str, space: str) -> mpz:
-    """v as mpz if v ∈ Z*_n, else ProofError naming the element and the group."""
-    v = check_int(v, f"{_NAME}: {what}")
-    if v <= 0 or v >= n or gmpy2.gcd(v, n) != 1:
-        raise ProofError(f"{_NAME}: {what} is not in {space}")
-    return v
-
-
-def _modulus(n: object, what: str) -> mpz:
-    n = check_int(n, f"{_NAME}: {what}")
-    if n < 3:
-        raise ProofError(f"{_NAME}: {what} is not a usable modulus")
-    return n
-
-
-def _point(p: object, what: str) -> Point:
-    if not isinstance(p, Point):
-        raise ProofError(f"{_NAME}: {what} is not a curve point")
-    return p
-
-
-def _matching(sk: PaillierSecretKey | None, n: int, what: str) -> PaillierSecretKey | None:
-    if sk is not None and int(sk.n) != int(n):
-        raise ValueError(f"{_NAME}: {what} does not match its Paillier modulus")
-    return sk
+_unit = partial(unit, proof=_NAME)
+_modulus = partial(modulus, proof=_NAME)
+_point = partial(point, proof=_NAME)
+_matching = partial(matching_key, proof=_NAME)
 
 
 def _challenge(
@@ -134,26 +122,27 @@ def _challenge(
 ) -> int:
     """e ∈ ±2^{q_bits} from the state, R_j, (N_j, N_i, C, D, Y, X) and (A, B_x, B_y, E, S, F, T)."""
     A, Bx, By, E, S, F, T = first
-    t = Transcript(_DOMAIN)
-    t.append("ctx", ctx)
-    t.append("level", level.name)
-    t.append("aux.n", int(aux.n))
-    t.append("aux.s", int(aux.s))
-    t.append("aux.t", int(aux.t))
-    t.append("N0", int(n0))
-    t.append("N1", int(n1))
-    t.append("C", int(C))
-    t.append("D", int(D))
-    t.append("Y", int(Y))
-    t.append("X", X)
-    t.append("A", int(A))
-    t.append("Bx", Bx)
-    t.append("By", int(By))
-    t.append("E", int(E))
-    t.append("S", int(S))
-    t.append("F", int(F))
-    t.append("T", int(T))
-    return t.challenge_signed(level.q_bits)
+    return range_challenge(
+        _DOMAIN,
+        ctx,
+        level,
+        aux,
+        [
+            ("N0", int(n0)),
+            ("N1", int(n1)),
+            ("C", int(C)),
+            ("D", int(D)),
+            ("Y", int(Y)),
+            ("X", X),
+            ("A", int(A)),
+            ("Bx", Bx),
+            ("By", int(By)),
+            ("E", int(E)),
+            ("S", int(S)),
+            ("F", int(F)),
+            ("T", int(T)),
+        ],
+    )
 
 
 def _sample(

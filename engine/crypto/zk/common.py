@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import gmpy2
 from gmpy2 import mpz
 
-from engine.crypto.group import Rng
+from engine.crypto.group import Point, Rng
+from engine.crypto.transcript import Transcript
 
-__all__ = ["ProofError", "sample_pm", "in_pm", "check_unit", "check_int"]
+if TYPE_CHECKING:
+    from engine.crypto.paillier import PaillierSecretKey
+    from engine.crypto.ring_pedersen import RingPedersenParams
+    from engine.crypto.security import SecurityLevel
+
+__all__ = [
+    "ProofError",
+    "sample_pm",
+    "in_pm",
+    "check_unit",
+    "check_int",
+    "unit",
+    "modulus",
+    "point",
+    "matching_key",
+    "range_challenge",
+]
 
 
 class ProofError(ValueError):
@@ -37,3 +57,73 @@ def check_unit(v: object, n: int, what: str) -> mpz:
     if v <= 0 or v >= n or gmpy2.gcd(v, n) != 1:
         raise ProofError(f"{what} is not in Z*_N")
     return v
+
+
+# -- validation helpers for the range proofs (Πenc, Πlog*, Πaff-g) ------------
+#
+# ``proof`` is the proof's display name (e.g. "Πenc"); every message starts
+# with it, so a failure names the proof and the failed check, never a secret.
+
+
+def unit(v: object, n: mpz, what: str, space: str, *, proof: str) -> mpz:
+    """v as mpz if v ∈ Z*_n, else ProofError naming the element and the group ``space``."""
+    v = check_int(v, f"{proof}: {what}")
+    if v <= 0 or v >= n or gmpy2.gcd(v, n) != 1:
+        raise ProofError(f"{proof}: {what} is not in {space}")
+    return v
+
+
+def modulus(n: object, what: str, *, proof: str) -> mpz:
+    """n as mpz if it is an integer ≥ 3, else ProofError."""
+    n = check_int(n, f"{proof}: {what}")
+    if n < 3:
+        raise ProofError(f"{proof}: {what} is not a usable modulus")
+    return n
+
+
+def point(p: object, what: str, *, proof: str) -> Point:
+    """p if it is a curve point, else ProofError."""
+    if not isinstance(p, Point):
+        raise ProofError(f"{proof}: {what} is not a curve point")
+    return p
+
+
+def matching_key(
+    sk: PaillierSecretKey | None,
+    n: int,
+    what: str,
+    *,
+    proof: str,
+    against: str = "its Paillier modulus",
+) -> PaillierSecretKey | None:
+    """``sk`` unchanged if it is None or its modulus is n.
+
+    Otherwise ValueError (a caller error, not a bad proof):
+    ``"{proof}: {what} does not match {against}"``.
+    """
+    if sk is not None and int(sk.n) != int(n):
+        raise ValueError(f"{proof}: {what} does not match {against}")
+    return sk
+
+
+def range_challenge(
+    domain: str,
+    ctx: bytes,
+    level: SecurityLevel,
+    aux: RingPedersenParams,
+    items: Iterable[tuple[str, object]],
+) -> int:
+    """e ∈ ±2^{q_bits} from a transcript in ``domain``.
+
+    The transcript holds, in this order, ``ctx``, the level's name, the
+    verifier's ring-Pedersen parameters (aux.n, aux.s, aux.t) and then
+    ``items`` (the statement and the first message) as given.
+    """
+    t = Transcript(domain)
+    t.append("ctx", ctx)
+    t.append("level", level.name)
+    t.append("aux.n", int(aux.n))
+    t.append("aux.s", int(aux.s))
+    t.append("aux.t", int(aux.t))
+    t.extend(items)
+    return t.challenge_signed(level.q_bits)

@@ -28,6 +28,7 @@ for N̂) only switch exponentiations to CRT; results are identical without them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import gmpy2
 from gmpy2 import mpz
@@ -36,8 +37,16 @@ from engine.crypto.group import Rng
 from engine.crypto.paillier import PaillierPublicKey, PaillierSecretKey, sample_unit
 from engine.crypto.ring_pedersen import RingPedersenParams
 from engine.crypto.security import SecurityLevel
-from engine.crypto.transcript import Transcript
-from engine.crypto.zk.common import ProofError, check_int, in_pm, sample_pm
+from engine.crypto.zk.common import (
+    ProofError,
+    check_int,
+    in_pm,
+    matching_key,
+    modulus,
+    range_challenge,
+    sample_pm,
+    unit,
+)
 from schemas.codec import wire
 
 __all__ = ["EncProof", "prove", "verify"]
@@ -59,50 +68,21 @@ class EncProof:
 
 # -- helpers -----------------------------------------------------------------
 
-
-def _unit(v: object, n: mpz, what: str, space: str) -> mpz:
-    """v as mpz if v ∈ Z*_n, else ProofError naming the element and the group."""
-    v = check_int(v, f"{_NAME}: {what}")
-    if v <= 0 or v >= n or gmpy2.gcd(v, n) != 1:
-        raise ProofError(f"{_NAME}: {what} is not in {space}")
-    return v
-
-
-def _modulus(n: object, what: str) -> mpz:
-    n = check_int(n, f"{_NAME}: {what}")
-    if n < 3:
-        raise ProofError(f"{_NAME}: {what} is not a usable modulus")
-    return n
-
-
-def _prover_key(sk: PaillierSecretKey | None, pk: PaillierPublicKey) -> PaillierSecretKey | None:
-    if sk is not None and int(sk.n) != int(pk.n):
-        raise ValueError(f"{_NAME}: sk does not match the prover's Paillier key")
-    return sk
-
-
-def _aux_key(aux_sk: PaillierSecretKey | None, aux: RingPedersenParams) -> PaillierSecretKey | None:
-    if aux_sk is not None and int(aux_sk.n) != int(aux.n):
-        raise ValueError(f"{_NAME}: aux_sk does not match the ring-Pedersen modulus")
-    return aux_sk
+_unit = partial(unit, proof=_NAME)
+_modulus = partial(modulus, proof=_NAME)
 
 
 def _challenge(
     ctx: bytes, level: SecurityLevel, aux: RingPedersenParams, n: int, K: int, S: int, A: int, C: int
 ) -> int:
     """e ∈ ±2^{q_bits} from the state, R_j, the statement (N_i, K) and (S, A, C)."""
-    t = Transcript(_DOMAIN)
-    t.append("ctx", ctx)
-    t.append("level", level.name)
-    t.append("aux.n", int(aux.n))
-    t.append("aux.s", int(aux.s))
-    t.append("aux.t", int(aux.t))
-    t.append("N", int(n))
-    t.append("K", int(K))
-    t.append("S", int(S))
-    t.append("A", int(A))
-    t.append("C", int(C))
-    return t.challenge_signed(level.q_bits)
+    return range_challenge(
+        _DOMAIN,
+        ctx,
+        level,
+        aux,
+        [("N", int(n)), ("K", int(K)), ("S", int(S)), ("A", int(A)), ("C", int(C))],
+    )
 
 
 def _first_message(
@@ -157,7 +137,8 @@ def prove(
     sk: PaillierSecretKey | None = None,
 ) -> EncProof:
     """Prove K = enc_{N_i}(k; ρ) with k in range, for the verifier owning ``aux``."""
-    sk = _prover_key(sk, pk)
+    if sk is not None:  # pk.n is read only when a key is given
+        matching_key(sk, pk.n, "sk", proof=_NAME, against="the prover's Paillier key")
     ell, eps = level.ell, level.epsilon
     alpha = sample_pm(ell + eps, rng)  # α ← ±2^{ℓ+ε}
     mu = sample_pm(ell, rng, aux.n)  # μ ← ±2^ℓ·N̂
@@ -180,7 +161,8 @@ def verify(
     aux_sk: PaillierSecretKey | None = None,
 ) -> None:
     """Return None if ``proof`` is valid for (N_i, K); raise :class:`ProofError` otherwise."""
-    aux_sk = _aux_key(aux_sk, aux)
+    if aux_sk is not None:  # aux.n is read only when a key is given
+        matching_key(aux_sk, aux.n, "aux_sk", proof=_NAME, against="the ring-Pedersen modulus")
     if not isinstance(proof, EncProof):
         raise ProofError(f"{_NAME}: not an EncProof")
     n = _modulus(pk.n, "N")
