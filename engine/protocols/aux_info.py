@@ -29,7 +29,17 @@ from engine.crypto.security import SecurityLevel, get_level
 from engine.crypto.transcript import Transcript, proof_context
 from engine.crypto.zk import fac, mod, prm
 from engine.crypto.zk.common import ProofError
-from engine.protocols.base import Abort, Advance, Blame, Done, Msg, SecretRepr, check_echo, echo_digest, gather
+from engine.protocols.base import (
+    Abort,
+    Advance,
+    Blame,
+    Done,
+    Msg,
+    SecretRepr,
+    check_echo,
+    collect_commitments,
+    gather,
+)
 from schemas.codec import wire
 
 PROTOCOL = "aux"
@@ -172,15 +182,12 @@ def round1(params: AuxParams, sk: PaillierSecretKey, rng: Rng) -> Advance:
 def round2(state: State1, inbound: tuple[Msg, ...], rng: Rng) -> Advance | Abort:
     """Round 2: echo the commitments and open ours."""
     p = state.params
-    got = gather(
-        protocol=PROTOCOL, eid=p.eid, round_=1, me=p.party, peers=p.peers, inbound=inbound,
-        broadcast_type=Commitment, direct_type=None,
+    got = collect_commitments(
+        protocol=PROTOCOL, eid=p.eid, me=p.party, peers=p.peers, inbound=inbound, body_type=Commitment, mine=state.V
     )
     if isinstance(got, Abort):
         return got
-    V_all = {j: r.broadcast.V for j, r in got.items()}
-    V_all[p.party] = state.V
-    echo = echo_digest(sorted(V_all.items()))
+    V_all, echo = got
     body = Decommitment(state.rped.n, state.rped.s, state.rped.t, state.prm_proof, state.rho, state.u, echo)
     return Advance(State2(state.eid, state.party, state, V_all, echo), (_msg(state, 2, body),))
 

@@ -39,6 +39,7 @@ __all__ = [
     "SecretRepr",
     "echo_digest",
     "check_echo",
+    "collect_commitments",
 ]
 
 
@@ -211,6 +212,20 @@ def _dedupe(blames: list[Blame]) -> list[Blame]:
 def echo_digest(items: Sequence[tuple[int, bytes]]) -> dict[int, bytes]:
     """Per-sender SHA-256 digests of a broadcast round, for the reliable-broadcast echo check."""
     return {who: hashlib.sha256(data).digest() for who, data in items}
+
+
+def collect_commitments(
+    *, protocol: str, eid: bytes, me: int, peers: Iterable[int], inbound: Iterable[Msg], body_type: type, mine: bytes
+) -> tuple[dict[int, bytes], dict[int, bytes]] | Abort:
+    """Round 2 of a commit-then-open protocol: every party's hash commitment V_j, and our echo of them."""
+    got = gather(
+        protocol=protocol, eid=eid, round_=1, me=me, peers=peers, inbound=inbound,
+        broadcast_type=body_type, direct_type=None,
+    )
+    if isinstance(got, Abort):
+        return got
+    V_all = {j: r.broadcast.V for j, r in got.items()} | {me: mine}
+    return V_all, echo_digest(sorted(V_all.items()))
 
 
 def check_echo(

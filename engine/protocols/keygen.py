@@ -34,7 +34,7 @@ from engine.protocols.base import (
     Msg,
     SecretRepr,
     check_echo,
-    echo_digest,
+    collect_commitments,
     gather,
 )
 from schemas.codec import wire
@@ -195,15 +195,12 @@ def round1(params: KeygenParams, rng: Rng) -> Advance:
 def round2(state: State1, inbound: tuple[Msg, ...], rng: Rng) -> Advance | Abort:
     """Round 2: echo the commitments; reveal the decommitment; send σ_ij privately."""
     p = state.params
-    got = gather(
-        protocol=PROTOCOL, eid=p.eid, round_=1, me=p.party, peers=p.peers, inbound=inbound,
-        broadcast_type=Commitment, direct_type=None,
+    got = collect_commitments(
+        protocol=PROTOCOL, eid=p.eid, me=p.party, peers=p.peers, inbound=inbound, body_type=Commitment, mine=state.V
     )
     if isinstance(got, Abort):
         return got
-    V_all = {j: r.broadcast.V for j, r in got.items()}
-    V_all[p.party] = state.V
-    echo = echo_digest(sorted(V_all.items()))
+    V_all, echo = got
     out = [_msg(state, 2, Decommitment(state.rid, state.S, state.A, state.u, echo))]
     for j in p.peers:
         out.append(_msg(state, 2, Share(vss.evaluate(state.coeffs, j)), recipient=j, confidential=True))

@@ -127,3 +127,26 @@ def range_challenge(
     t.append("aux.t", int(aux.t))
     t.extend(items)
     return t.challenge_signed(level.q_bits)
+
+
+def enc_response(
+    n: mpz,
+    e: int,
+    secret: int,
+    rho: int,
+    alpha: int,
+    mu: int,
+    r: int,
+    gamma: int,
+    sk: PaillierSecretKey | None,
+) -> tuple[mpz, mpz, mpz]:
+    """The response (z1, z2, z3) shared by Πenc and Πlog*.
+
+    z1 = α + e·secret, z2 = r·ρ^e mod N, z3 = γ + e·μ. ``sk`` (the key for N)
+    switches ρ^e to CRT.
+    """
+    z1 = mpz(alpha) + e * mpz(secret)  # z1 = α + e·k (Πenc) or α + e·x (Πlog*)
+    rho_e = sk.powmod_n(rho, e) if sk is not None else gmpy2.powmod(mpz(rho), e, n)
+    z2 = mpz(r) * rho_e % n  # z2 = r·ρ^e mod N_i
+    z3 = mpz(gamma) + e * mpz(mu)  # z3 = γ + e·μ
+    return z1, z2, z3

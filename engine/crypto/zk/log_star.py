@@ -42,6 +42,7 @@ from engine.crypto.security import SecurityLevel
 from engine.crypto.zk.common import (
     ProofError,
     check_int,
+    enc_response,
     in_pm,
     matching_key,
     modulus,
@@ -139,12 +140,7 @@ def _respond(
     gamma: int,
     sk: PaillierSecretKey | None,
 ) -> tuple[mpz, mpz, mpz]:
-    n = pk.n_mpz
-    z1 = mpz(alpha) + e * mpz(x)  # z1 = α + e·x
-    rho_e = sk.powmod_n(rho, e) if sk is not None else gmpy2.powmod(mpz(rho), e, n)
-    z2 = mpz(r) * rho_e % n  # z2 = r·ρ^e mod N_i
-    z3 = mpz(gamma) + e * mpz(mu)  # z3 = γ + e·μ
-    return z1, z2, z3
+    return enc_response(pk.n_mpz, e, x, rho, alpha, mu, r, gamma, sk)
 
 
 # -- prover and verifier -----------------------------------------------------

@@ -108,7 +108,6 @@ def prove(ctx: bytes, level: SecurityLevel, sk: PaillierSecretKey, rng) -> ModPr
     w = _sample_w(n, rng)
     w_p, w_q = w % p, w % q
     jw_p = _sign(gmpy2.jacobi(w_p, p))
-    jw_q = _sign(gmpy2.jacobi(w_q, q))
 
     ys = _challenge(ctx, level, n, w)
     xs: list[int] = []
