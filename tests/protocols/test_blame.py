@@ -86,3 +86,24 @@ def test_equivocating_sender_is_named_by_its_victim():
     results = _echo_round(lie_about=None, equivocator=2)
     assert results[1].culprits == (2,)
     assert results[3].culprits == ()  # the bystander cannot tell who lied, so blames nobody
+
+
+def test_receivers_refuse_a_modulus_below_their_level():
+    """Parties at cggmp21-128 blame a peer that brings a 2048-bit Paillier modulus."""
+    from engine.crypto.paillier import PaillierSecretKey
+    from engine.protocols import aux_info
+    from engine.simulation import run_rounds
+    from tests.conftest import SeededRng, load_safe_primes
+
+    big, small = load_safe_primes(1536), load_safe_primes(1024)
+    keys = {1: PaillierSecretKey(big[0], big[1]), 2: PaillierSecretKey(big[2], big[3]),
+            3: PaillierSecretKey(small[0], small[1])}
+    levels = {1: "cggmp21-128", 2: "cggmp21-128", 3: "dev-2048"}  # party 3 claims the weaker level
+    rng = SeededRng(3)
+    firsts = {
+        i: aux_info.round1(aux_info.AuxParams(b"aux-level", i, (1, 2, 3), levels[i]), keys[i], rng) for i in keys
+    }
+    with pytest.raises(Aborted) as caught:
+        run_rounds("aux", firsts, aux_info.ROUNDS, rng, honest=lambda i: i != 3)
+    assert caught.value.abort.culprits == (3,)
+    assert "below the required 3071" in caught.value.abort.reason
