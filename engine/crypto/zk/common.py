@@ -150,3 +150,21 @@ def enc_response(
     z2 = mpz(r) * rho_e % n  # z2 = r·ρ^e mod N_i
     z3 = mpz(gamma) + e * mpz(mu)  # z3 = γ + e·μ
     return z1, z2, z3
+
+
+def ring_pedersen_elements(params: object, *, proof: str, label: str = "") -> tuple[mpz, mpz, mpz]:
+    """(N̂, s, t) as mpz after checking N̂ is odd and > 2 and s, t are units; ProofError otherwise.
+
+    ``label`` prefixes the element names in messages (e.g. "aux " for a verifier's R_j).
+    """
+    from engine.crypto.ring_pedersen import RingPedersenParams
+
+    if not isinstance(params, RingPedersenParams):
+        kind = "auxiliary parameters are" if label else "parameters are"
+        raise ProofError(f"{proof}: {kind} not ring-Pedersen parameters")
+    n = check_int(params.n, f"{proof}: {label}N")
+    if n <= 2 or n % 2 == 0:
+        raise ProofError(f"{proof}: {label}N is not an odd integer greater than 2")
+    s = check_unit(params.s, n, f"{proof}: {label}s")
+    t = check_unit(params.t, n, f"{proof}: {label}t")
+    return n, s, t

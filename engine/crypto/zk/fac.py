@@ -45,7 +45,7 @@ from engine.crypto.paillier import PaillierSecretKey
 from engine.crypto.ring_pedersen import RingPedersenParams
 from engine.crypto.security import SecurityLevel
 from engine.crypto.transcript import Transcript
-from engine.crypto.zk.common import ProofError, check_int, check_unit, in_pm, sample_pm
+from engine.crypto.zk.common import ProofError, check_int, check_unit, in_pm, ring_pedersen_elements, sample_pm
 from schemas.codec import wire
 
 __all__ = ["FacProof", "prove", "verify"]
@@ -144,13 +144,7 @@ def verify(
     """
     if not isinstance(proof, FacProof):
         raise ProofError("Πfac: not a FacProof")
-    if not isinstance(aux, RingPedersenParams):
-        raise ProofError("Πfac: auxiliary parameters are not ring-Pedersen parameters")
-    aux_n = check_int(aux.n, "Πfac: aux N")
-    if aux_n <= 2 or aux_n % 2 == 0:
-        raise ProofError("Πfac: aux N is not an odd integer greater than 2")
-    s = check_unit(aux.s, aux_n, "Πfac: aux s")
-    t = check_unit(aux.t, aux_n, "Πfac: aux t")
+    aux_n, s, t = ring_pedersen_elements(aux, proof="Πfac", label="aux ")
     n = check_int(n, "Πfac: N")
     if n <= 1:
         raise ProofError("Πfac: N is not an integer greater than 1")

@@ -35,7 +35,7 @@ from engine.crypto.paillier import PaillierSecretKey
 from engine.crypto.ring_pedersen import RingPedersenParams, RingPedersenSecret
 from engine.crypto.security import SecurityLevel
 from engine.crypto.transcript import Transcript
-from engine.crypto.zk.common import ProofError, check_int, check_unit
+from engine.crypto.zk.common import ProofError, check_int, check_unit, ring_pedersen_elements
 from schemas.codec import wire
 
 __all__ = ["PrmProof", "prove", "verify"]
@@ -91,13 +91,7 @@ def verify(ctx: bytes, level: SecurityLevel, params: RingPedersenParams, proof: 
     """Accept (return None) or raise :class:`ProofError` naming the failed check."""
     if not isinstance(proof, PrmProof):
         raise ProofError("Πprm: not a PrmProof")
-    if not isinstance(params, RingPedersenParams):
-        raise ProofError("Πprm: parameters are not ring-Pedersen parameters")
-    n = check_int(params.n, "Πprm: N")
-    if n <= 2 or n % 2 == 0:
-        raise ProofError("Πprm: N is not an odd integer greater than 2")
-    s = check_unit(params.s, n, "Πprm: s")
-    t = check_unit(params.t, n, "Πprm: t")
+    n, s, t = ring_pedersen_elements(params, proof="Πprm")
     m = level.m
     for name, v in (("A", proof.A), ("z", proof.z)):
         if not isinstance(v, (tuple, list)):
