@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
             description="Benchmark a 2-of-3 ceremony per security level; progress goes to stderr.",
         )
     )
+    from ops.commands import configure as _configure_runtime
+
+    _configure_runtime(sub)
     return parser
 
 

@@ -68,3 +68,16 @@ def _ceremony(parties: int, threshold: int):
 def three_of_five():
     """Key shares and aux info for a 3-of-5 key at dev-2048 (shared: aux-info is the slow part)."""
     return _ceremony(5, 3)
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A private nats-server with JetStream on a free loopback port (never the system one on 4222)."""
+    from ops.broker import EmbeddedNats
+
+    server = EmbeddedNats(tmp_path / "nats-store", log_file=tmp_path / "nats-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,740 @@
+"""A party's ceremony engine: envelopes in, events recorded, envelopes out.
+
+This is the synchronous core that every transport drives (``handlers/`` for
+NATS JetStream, an in-memory network for tests and benchmarks). One call to
+:meth:`PartyRuntime.handle` takes one inbound envelope and its stream sequence
+and does, in order:
+
+1. open the envelope (signature, recipient, subject, decryption), or record
+   why it was rejected;
+2. record it as MessageAccepted on its ceremony;
+3. if this completes the current round's inbox, run the next pure round
+   function and record RoundAdvanced with the new (sealed) state and the
+   signed envelopes to send;
+4. commit all of that in one transaction together with the stream sequence.
+
+Only then may the caller publish the returned envelopes and acknowledge the
+inbound message. A crash anywhere leaves either nothing (the message is
+redelivered and processed afresh) or a committed step whose recorded
+envelopes :meth:`recover` sends again, byte for byte. A round is never
+computed twice, so a party never sends two different messages for one round.
+
+Security:
+
+* a presignature MUST be recorded as consumed in the same commit that records
+  the partial signature computed from it;
+* when a ceremony ends (completed or aborted), its data key MUST be destroyed,
+  which makes its recorded round states and received shares unreadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from engine.crypto import ecdsa
+from engine.crypto.group import SYSTEM_RNG, Rng
+from engine.crypto.paillier import PaillierSecretKey
+from engine.crypto.primes import generate_safe_prime
+from engine.crypto.security import get_level
+from engine.protocols import aux_info, keygen, presign, sign
+from engine.protocols.base import Abort, Advance, Done, InternalError, Msg
+from engine.ceremony.store import (
+    Ceremony,
+    KeyShareRecord,
+    PartyStore,
+    PresignatureRecord,
+    Rejection,
+    open_secret,
+    seal_secret,
+)
+from schemas.codec import DecodeError, packb, unpackb
+from schemas.envelope import COORDINATOR, EnvelopeError, Identity, Opened, Roster, open_envelope, seal
+
+__all__ = ["PartyRuntime", "Outgoing", "Step", "Command", "KINDS", "outcome_subject", "control_subject"]
+
+log = logging.getLogger("conclave.party")
+
+KINDS = ("keygen", "presign", "sign")
+PHASES = {"keygen": keygen, "aux": aux_info, "presign": presign, "sign": sign}
+DEFAULT_ROUND_TIMEOUT = 120.0
+RESEND_FINISHED_WITHIN = 3600.0  # the broker's duplicate window: older resends would not be deduplicated
+_EXECUTION = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+
+PrimeSource = Callable[[int], int]
+
+
+def outcome_subject(execution: str, party: int) -> str:
+    return f"conclave.out.{execution}.{party}"
+
+
+def control_subject(execution: str, what: str) -> str:
+    return f"conclave.mpc.{execution}.{what}.all"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One recorded envelope to publish."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+
+    def __repr__(self) -> str:
+        return f"Outgoing({self.msg_id}, {len(self.data)} bytes)"
+
+
+def _recorded(outbox: list[list]) -> list[Outgoing]:
+    """Outgoing envelopes from a recorded outbox ``[[subject, msg_id, data], ...]``."""
+    return [Outgoing(subject, data, msg_id) for subject, msg_id, data in outbox]
+
+
+@dataclass
+class Step:
+    """What one handled message led to."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    reached: list[str] = field(default_factory=list)  # round tokens entered, "completed", "aborted"
+    rejected: str | None = None  # reason, when the message was rejected
+    duplicate_delivery: bool = False  # the stream sequence was already committed
+
+
+@dataclass(frozen=True)
+class Command:
+    """A coordinator's request to run a ceremony (the body of a ``start`` envelope)."""
+
+    kind: str
+    participants: tuple[int, ...]
+    params: dict[str, Any]
+    level: str
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            {"kind": self.kind, "participants": list(self.participants), "params": self.params,
+             "level": self.level, "round_timeout": float(self.round_timeout)},
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Command:
+        try:
+            d = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception:
+            raise ValueError("command is not msgpack") from None
+        if not isinstance(d, dict) or set(d) != {"kind", "participants", "params", "level", "round_timeout"}:
+            raise ValueError("command has missing or unknown fields")
+        kind, parts, params, level, timeout = (d[k] for k in ("kind", "participants", "params", "level", "round_timeout"))
+        if kind not in KINDS:
+            raise ValueError(f"unknown ceremony kind {kind!r}")
+        if not isinstance(parts, list) or not parts or not all(type(p) is int and 1 <= p <= 10_000 for p in parts):
+            raise ValueError("participants must be a list of party ids")
+        if len(set(parts)) != len(parts):
+            raise ValueError("participants repeat")
+        if not isinstance(params, dict) or not isinstance(level, str):
+            raise ValueError("malformed params or level")
+        if not isinstance(timeout, float) or not 0.1 <= timeout <= 86_400:
+            raise ValueError("round_timeout out of range")
+        return cls(kind, tuple(sorted(parts)), params, level, timeout)
+
+
+def _phases(kind: str, params: dict[str, Any]) -> tuple[str, ...]:
+    if kind == "keygen":
+        return ("keygen", "aux")
+    if kind == "presign":
+        return ("presign",)
+    return ("sign",) if params.get("presig_id") else ("presign", "sign")
+
+
+def _eid(execution: str, phase: str) -> bytes:
+    return f"{execution}/{phase}".encode()
+
+
+def _token(phase: str, round_: int) -> str:
+    return f"{phase}-{round_}"
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PartyRuntime:
+    """The ceremony engine of one party. Single-threaded: one call at a time."""
+
+    def __init__(
+        self,
+        party: int,
+        identity: Identity,
+        roster: Roster,
+        store: PartyStore,
+        *,
+        level: str,
+        primes: PrimeSource | None = None,
+        rng: Rng = SYSTEM_RNG,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if identity.party != party:
+            raise ValueError("identity belongs to another party")
+        self.party = party
+        self.identity = identity
+        self.roster = roster
+        self.store = store
+        self.level = get_level(level).name
+        self.primes = primes or (lambda bits: generate_safe_prime(bits))
+        self.rng = rng
+        self.clock = clock
+        self._running: dict[str, Ceremony] = {}
+        self._finished: dict[str, str] = {}  # execution -> status
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._presigs: dict[str, dict[str, Any]] = {}
+        self._rejections = 0
+        self._recovered = False
+        self._bystander: set[str] = set()  # executions started without us (kept in memory only)
+
+    def __repr__(self) -> str:
+        return f"PartyRuntime(party={self.party}, running={len(self._running)})"
+
+    # -- startup -------------------------------------------------------------
+
+    def recover(self) -> Step:
+        """Rebuild the index from the store; return what must be sent again.
+
+        Running ceremonies re-send their current round's recorded envelopes and
+        continue if their inbox is already complete. Recently finished ones
+        re-send their outcome and abort notice (the broker drops duplicates).
+        """
+        step = Step()
+        now = self.clock()
+        finished_at: dict[str, float] = {}
+        for ev in self.store.all_events():
+            name = type(ev).__name__
+            if isinstance(ev, Ceremony.Started):
+                self._finished.pop(ev.execution, None)
+                self._running[ev.execution] = None  # type: ignore[assignment]
+            elif isinstance(ev, (Ceremony.Completed, Ceremony.Aborted)):
+                ex = self._execution_of(ev)
+                if ex is not None:
+                    self._running.pop(ex, None)
+                    self._finished[ex] = "completed" if name == "Completed" else "aborted"
+                    finished_at[ex] = ev.timestamp.timestamp()
+            elif isinstance(ev, KeyShareRecord.Created):
+                self._keys[ev.key_id] = {"key_id": ev.key_id, "public_key": ev.public_key,
+                                         "threshold": ev.threshold, "parties": list(ev.parties), "level": ev.level}
+            elif isinstance(ev, PresignatureRecord.Created):
+                self._presigs[ev.presig_id] = {"key_id": ev.key_id, "signers": list(ev.signers), "consumed": False}
+            elif isinstance(ev, PresignatureRecord.Consumed):
+                for pid, rec in self._presigs.items():
+                    if PresignatureRecord.create_id(pid) == ev.originator_id:
+                        rec["consumed"] = True
+            elif isinstance(ev, Rejection.Recorded):
+                self._rejections += 1
+        for ex in list(self._running):
+            cer = self.store.get(Ceremony, execution=ex)
+            self._running[ex] = cer
+            step.outgoing.extend(_recorded(cer.outbox))
+            cer.resume(resent=len(cer.outbox), pid=os.getpid())
+            self.store.save(cer)
+        for ex, status in self._finished.items():
+            cer = None
+            if now - finished_at.get(ex, 0) < RESEND_FINISHED_WITHIN:
+                cer = self.store.get(Ceremony, execution=ex)
+                step.outgoing.extend(_recorded(cer.outbox))
+            self.store.vault.destroy(f"ceremony:{ex}")  # a crash may have left it behind
+        for pid, rec in self._presigs.items():
+            if rec["consumed"]:
+                self.store.vault.destroy(f"presig:{pid}")
+        self._recovered = True
+        for ex in list(self._running):
+            cer = self._running[ex]
+            more = self._advance(cer)
+            if more.outgoing or more.reached:
+                self.store.save(cer, *more.extra)
+                self._after_commit(cer, more)
+                step.outgoing.extend(more.outgoing)
+                step.reached.extend(more.reached)
+        return step
+
+    def _execution_of(self, ev: Any) -> str | None:
+        for ex in list(self._running):
+            if Ceremony.create_id(ex) == ev.originator_id:
+                return ex
+        return None
+
+    # -- inbound -------------------------------------------------------------
+
+    def handle(self, raw: bytes, subject: str, seq: int | None) -> Step:
+        """Process one inbound envelope. Never raises for bad input; store errors propagate."""
+        if not self._recovered:
+            raise InternalError("recover() must run before handle()")
+        if seq is not None and self.store.processed(seq):
+            return Step(duplicate_delivery=True)
+        digest = hashlib.sha256(raw).digest()
+        execution = self._subject_execution(subject)
+        try:
+            opened = open_envelope(raw, self.roster, self.identity, subject=subject)
+        except EnvelopeError as exc:
+            return self._record_rejection(execution, seq, exc.reason, getattr(exc, "sender", None), None, digest,
+                                          subject, len(raw))
+        env = opened.envelope
+        if env.sender == self.party:
+            return Step()  # our own broadcast, signed by our own key: nothing to learn
+        if env.protocol == "ctl" and env.round == "start":
+            return self._start(opened, seq, digest)
+        cer = self._ceremony(env.execution)
+        if cer is None and env.execution in self._bystander:
+            return Step()  # a ceremony we are not part of
+        if cer is None:
+            reason = "ceremony already finished" if env.execution in self._finished else "unknown execution"
+            return self._record_rejection(env.execution, seq, reason, env.sender, env.msg_id, digest, subject, len(raw))
+        if env.protocol == "ctl" and env.round == "abort":
+            return self._peer_abort(cer, opened, seq)
+        try:
+            return self._accept(cer, opened, seq)
+        except _Reject as rej:
+            cer.reject(seq=seq, reason=rej.reason, sender=env.sender, msg_id=env.msg_id, digest=digest)
+            self.store.save(cer, seq=seq)
+            return Step(rejected=rej.reason)
+        except Exception:
+            self._forget(cer.execution)
+            raise
+
+    def _subject_execution(self, subject: str) -> str | None:
+        parts = subject.split(".")
+        if len(parts) == 5 and parts[:2] == ["conclave", "mpc"] and _EXECUTION.match(parts[2]):
+            return parts[2]
+        return None
+
+    def _ceremony(self, execution: str) -> Ceremony | None:
+        if execution not in self._running:
+            return None
+        cer = self._running[execution]
+        if cer is None:
+            cer = self._running[execution] = self.store.get(Ceremony, execution=execution)
+        return cer
+
+    def reset_cache(self) -> None:
+        """Forget every cached aggregate (after a failed commit); they reload from the store."""
+        for ex in self._running:
+            self._running[ex] = None  # type: ignore[assignment]
+
+    def _forget(self, execution: str) -> None:
+        """Drop a cached aggregate whose pending events were not committed."""
+        if execution in self._running:
+            self._running[execution] = None  # type: ignore[assignment]
+
+    def _record_rejection(self, execution, seq, reason, sender, msg_id, digest, subject, size) -> Step:
+        log.warning("party %s rejected a message on %s: %s", self.party, subject, reason)
+        cer = self._ceremony(execution) if execution else None
+        if cer is not None:
+            cer.reject(seq=seq, reason=reason, sender=sender, msg_id=msg_id, digest=digest)
+            self.store.save(cer, seq=seq)
+        else:
+            rej = Rejection(seq=seq, subject=subject[:200], reason=reason, sender=sender, digest=digest, size=size)
+            self.store.save(rej, seq=seq)
+            self._rejections += 1
+        return Step(rejected=reason)
+
+    # -- start ---------------------------------------------------------------
+
+    def _start(self, opened: Opened, seq: int | None, digest: bytes) -> Step:
+        env = opened.envelope
+        ex = env.execution
+
+        def reject(reason: str) -> Step:
+            step = self._record_rejection(None, seq, reason, env.sender, env.msg_id, digest, env.subject,
+                                          len(opened.body))
+            # tell the coordinator now rather than let it wait for a deadline
+            body = {"status": "rejected", "reason": reason}
+            data = seal(self.identity, self.roster, protocol="ctl", execution=ex, round="out", recipient=None,
+                        body=msgpack.packb(body, use_bin_type=True), confidential=False)
+            step.outgoing.append(Outgoing(outcome_subject(ex, self.party), data, f"{ex}:out:{self.party}:all"))
+            return step
+
+        if env.sender != COORDINATOR:
+            return reject("only the coordinator may start a ceremony")
+        if ex in self._running or ex in self._finished:
+            return reject("execution id already used")
+        try:
+            cmd = Command.decode(opened.body)
+            if self.party not in cmd.participants:
+                self._bystander.add(ex)
+                return Step()  # not ours; nothing to record
+            if cmd.level != self.level:
+                raise ValueError(f"security level {cmd.level!r} differs from this deployment's {self.level!r}")
+            self._check_params(ex, cmd)
+        except ValueError as exc:
+            return reject(f"bad command: {exc}")
+        now = self.clock()
+        cer = Ceremony(execution=ex, kind=cmd.kind, params=cmd.params, participants=list(cmd.participants),
+                       command_seq=seq, round_timeout=cmd.round_timeout, deadline=now + cmd.round_timeout)
+        self._running[ex] = cer
+        try:
+            step = self._enter_phase(cer, _phases(cmd.kind, cmd.params)[0], carry={})
+            if not cer.finished:
+                more = self._advance(cer)
+                step.outgoing += more.outgoing
+                step.reached += more.reached
+                step.extra += more.extra
+            self.store.save(cer, *step.extra, seq=seq)
+        except Exception:
+            self._running.pop(ex, None)
+            raise
+        self._after_commit(cer, step)
+        return step
+
+    def _check_params(self, execution: str, cmd: Command) -> None:
+        p = cmd.params
+        if cmd.kind == "keygen":
+            if set(p) != {"threshold"} or type(p["threshold"]) is not int:
+                raise ValueError("keygen takes exactly a threshold")
+            if not 2 <= p["threshold"] <= len(cmd.participants):
+                raise ValueError("threshold must be between 2 and the number of parties")
+            return
+        if not isinstance(p.get("key_id"), str) or p["key_id"] not in self._keys:
+            raise ValueError("unknown key id")
+        key = self._keys[p["key_id"]]
+        if not set(cmd.participants) <= set(key["parties"]) or len(cmd.participants) != key["threshold"]:
+            raise ValueError(f"signers must be exactly {key['threshold']} of the key's parties {key['parties']}")
+        if cmd.kind == "presign" and set(p) != {"key_id"}:
+            raise ValueError("presign takes exactly a key id")
+        if cmd.kind == "sign":
+            if not set(p) <= {"key_id", "digest", "presig_id"} or not isinstance(p.get("digest"), bytes) \
+                    or len(p["digest"]) != 32:
+                raise ValueError("sign takes a key id, a 32-byte digest and optionally a presignature id")
+            pid = p.get("presig_id")
+            if pid is not None:
+                rec = self._presigs.get(pid) if isinstance(pid, str) else None
+                if rec is None or rec["key_id"] != p["key_id"] or rec["signers"] != list(cmd.participants):
+                    raise ValueError("unknown presignature for this key and signer set")
+                if rec["consumed"]:
+                    raise ValueError("presignature already used")
+
+    # -- rounds --------------------------------------------------------------
+
+    def _dek(self, cer: Ceremony) -> bytes:
+        return self.store.vault.create(f"ceremony:{cer.execution}")
+
+    def _seal_state(self, cer: Ceremony, state: Any, carry: dict[str, Any]) -> bytes:
+        return seal_secret(self._dek(cer), f"state:{cer.execution}", packb({"state": state, "carry": carry}))
+
+    def _open_state(self, cer: Ceremony) -> tuple[Any, dict[str, Any]]:
+        dek = self.store.vault.get(f"ceremony:{cer.execution}")
+        if dek is None or cer.sealed_state is None:
+            raise InternalError("ceremony state is gone (its data key was destroyed)")
+        blob = unpackb(open_secret(dek, f"state:{cer.execution}", cer.sealed_state))
+        return blob["state"], blob["carry"]
+
+    def _enter_phase(self, cer: Ceremony, phase: str, carry: dict[str, Any]) -> _StepX:
+        """Run round 1 of ``phase`` and record it."""
+        p, me, eid = cer.params, self.party, _eid(cer.execution, phase)
+        parts = tuple(cer.participants)
+        extra: list[Any] = []
+        if phase == "keygen":
+            adv = keygen.round1(keygen.KeygenParams(eid, me, parts, p["threshold"]), self.rng)
+        elif phase == "aux":
+            bits = get_level(self.level).prime_bits
+            while True:
+                pp, qq = self.primes(bits), self.primes(bits)
+                if pp != qq:
+                    break
+            adv = aux_info.round1(aux_info.AuxParams(eid, me, parts, self.level), PaillierSecretKey(pp, qq), self.rng)
+        elif phase == "presign":
+            rec = self.store.get(KeyShareRecord, key_id=p["key_id"])
+            share, aux = unpackb(rec.share), unpackb(rec.aux)
+            adv = presign.round1(presign.PresignParams(eid, me, parts, self.level), share, aux, self.rng)
+        elif phase == "sign":
+            presig = carry.pop("presig", None)
+            if presig is None:
+                pid = p["presig_id"]
+                rec = self.store.get(PresignatureRecord, presig_id=pid)
+                if rec is None or rec.consumed_by is not None:
+                    raise InternalError("presignature missing or already consumed")
+                dek = self.store.vault.get(f"presig:{pid}")
+                if dek is None:
+                    raise InternalError("presignature secrets are gone")
+                presig = unpackb(open_secret(dek, f"presig:{pid}", rec.sealed))
+                rec.consume(execution=cer.execution)  # committed together with σ_i below
+                extra.append(rec)
+            adv = sign.round1(sign.SignParams(eid, me, p["digest"]), presig, self.rng)
+        else:
+            raise InternalError(f"unknown phase {phase}")
+        step = self._record_advance(cer, phase, 1, adv, carry)
+        step.extra += extra
+        return step
+
+    def _record_advance(self, cer: Ceremony, phase: str, round_: int, adv: Advance, carry: dict[str, Any]) -> _StepX:
+        outbox = [self._envelope(cer, m) for m in adv.outbox]
+        expect: set[tuple[int, str]] = set()
+        for m in adv.outbox:
+            if m.recipient is None:
+                expect.update((j, "b") for j in cer.participants if j != self.party)
+            else:
+                expect.add((m.recipient, "d"))
+        cer.advance(phase=phase, round=round_, sealed_state=self._seal_state(cer, adv.state, carry),
+                    outbox=[[o.subject, o.msg_id, o.data] for o in outbox],
+                    expect=[list(e) for e in sorted(expect)], deadline=self.clock() + cer.round_timeout)
+        return _StepX(outgoing=outbox, reached=[_token(phase, round_)])
+
+    def _envelope(self, cer: Ceremony, m: Msg) -> Outgoing:
+        data = seal(self.identity, self.roster, protocol=m.protocol, execution=cer.execution,
+                    round=_token(m.protocol, m.round), recipient=m.recipient, body=packb(m),
+                    confidential=m.confidential)
+        to = "all" if m.recipient is None else str(m.recipient)
+        return Outgoing(f"conclave.mpc.{cer.execution}.{_token(m.protocol, m.round)}.{to}", data,
+                        f"{cer.execution}:{_token(m.protocol, m.round)}:{self.party}:{to}")
+
+    def _advance(self, cer: Ceremony) -> _StepX:
+        """Run rounds while the current round's inbox is complete."""
+        step = _StepX()
+        while not cer.finished and cer.phase is not None and not cer.missing():
+            phase, r = cer.phase, cer.round
+            module = PHASES[phase]
+            state, carry = self._open_state(cer)
+            dek = self._dek(cer)
+            inbox = []
+            for key, (_, sealed_msg) in sorted(cer.accepted.items()):
+                ph, rr, _, _ = key.split(":")
+                if ph == phase and int(rr) == r:
+                    inbox.append(unpackb(open_secret(dek, f"msg:{cer.execution}:{key}", sealed_msg)))
+            fn = module.ROUNDS[r - 1]
+            try:
+                result = fn(state, tuple(inbox), self.rng)
+            except InternalError as exc:
+                result = Abort((), f"internal error: {exc}", r, phase, (), False)
+                log.error("party %s: internal error in %s: %s", self.party, _token(phase, r), exc)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                # a value the round checks missed; our bug, so nobody is blamed
+                result = Abort((), f"internal error: {type(exc).__name__}", r, phase, (), False)
+                log.exception("party %s: unexpected error in %s", self.party, _token(phase, r))
+            if isinstance(result, Advance):
+                more = self._record_advance(cer, phase, r + 1, result, carry)
+            elif isinstance(result, Done):
+                more = self._phase_done(cer, phase, result, carry)
+            elif isinstance(result, Abort):
+                more = self._abort(cer, result.reason, list(result.culprits), result.attributable)
+            else:
+                raise InternalError(f"round returned {type(result).__name__}")
+            step.outgoing += more.outgoing
+            step.reached += more.reached
+            step.extra += more.extra
+        return step
+
+    def _phase_done(self, cer: Ceremony, phase: str, done: Done, carry: dict[str, Any]) -> _StepX:
+        phases = _phases(cer.kind, cer.params)
+        tail = [self._envelope(cer, m) for m in done.outbox]
+        if phase == "keygen":
+            carry = dict(carry, share=done.output)
+        elif phase == "presign" and cer.kind == "sign":
+            carry = dict(carry, presig=done.output)
+        idx = phases.index(phase)
+        if idx + 1 < len(phases):
+            step = self._enter_phase(cer, phases[idx + 1], carry)
+            step.outgoing = tail + step.outgoing
+            return step
+        result, extra = self._finish(cer, done.output, carry)
+        outcome = self._outcome(cer, {"status": "completed", "kind": cer.kind, "result": result})
+        cer.complete(result=result, outcome=outcome.data, outbox=[[o.subject, o.msg_id, o.data] for o in tail + [outcome]])
+        return _StepX(outgoing=tail + [outcome], reached=["completed"], extra=extra)
+
+    def _finish(self, cer: Ceremony, output: Any, carry: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        if cer.kind == "keygen":
+            share, aux = carry["share"], output
+            pub = share.public_key.to_bytes().hex()
+            rec = KeyShareRecord(key_id=cer.execution, execution=cer.execution, level=self.level,
+                                 threshold=share.threshold, parties=list(share.parties), public_key=pub,
+                                 share=packb(share), aux=packb(aux))
+            self._keys[cer.execution] = {"key_id": cer.execution, "public_key": pub, "threshold": share.threshold,
+                                         "parties": list(share.parties), "level": self.level}
+            return {"key_id": cer.execution, "public_key": pub, "threshold": share.threshold,
+                    "parties": list(share.parties)}, [rec]
+        if cer.kind == "presign":
+            pid = cer.execution
+            dek = self.store.vault.create(f"presig:{pid}")
+            rec = PresignatureRecord(presig_id=pid, key_id=cer.params["key_id"], signers=list(cer.participants),
+                                     sealed=seal_secret(dek, f"presig:{pid}", packb(output)))
+            self._presigs[pid] = {"key_id": cer.params["key_id"], "signers": list(cer.participants), "consumed": False}
+            return {"presig_id": pid, "key_id": cer.params["key_id"], "signers": list(cer.participants)}, [rec]
+        sig: sign.SignatureResult = output
+        pub = sig.public_key.to_bytes()
+        # released only after an independent check against the group key
+        if not ecdsa.verify_digest(pub, sig.digest, sig.r, sig.s, require_low_s=True):
+            raise InternalError("combined signature failed the release check")
+        return {"key_id": cer.params["key_id"], "public_key": pub.hex(), "r": f"{sig.r:064x}", "s": f"{sig.s:064x}",
+                "v": sig.v, "der": sig.der().hex(), "digest": sig.digest.hex(), "signers": list(sig.signers)}, []
+
+    def _outcome(self, cer: Ceremony, body: dict[str, Any]) -> Outgoing:
+        data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="out",
+                    recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False)
+        return Outgoing(outcome_subject(cer.execution, self.party), data, f"{cer.execution}:out:{self.party}:all")
+
+    def _abort(self, cer: Ceremony, reason: str, culprits: list[int], attributable: bool,
+               reported_by: int | None = None, notify: bool = True) -> _StepX:
+        reported_by = self.party if reported_by is None else reported_by
+        body = {"reason": reason, "culprits": culprits, "attributable": attributable,
+                "round": _token(cer.phase, cer.round) if cer.phase else None, "reported_by": reported_by}
+        out: list[Outgoing] = []
+        if notify:
+            data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="abort",
+                        recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False)
+            out.append(Outgoing(control_subject(cer.execution, "abort"), data, f"{cer.execution}:abort:{self.party}:all"))
+        out.append(self._outcome(cer, {"status": "aborted", "kind": cer.kind, **body}))
+        cer.abort(reason=reason, culprits=culprits, phase=cer.phase, round=cer.round, attributable=attributable,
+                  reported_by=reported_by, outcome=out[-1].data, outbox=[[o.subject, o.msg_id, o.data] for o in out])
+        log.warning("party %s aborted %s: %s (culprits %s)", self.party, cer.execution, reason, culprits)
+        return _StepX(outgoing=out, reached=["aborted"])
+
+    def _after_commit(self, cer: Ceremony, step: _StepX) -> None:
+        if cer.finished:
+            self._running.pop(cer.execution, None)
+            self._finished[cer.execution] = cer.status
+            self.store.vault.destroy(f"ceremony:{cer.execution}")
+        for rec in step.extra:
+            if isinstance(rec, PresignatureRecord) and rec.consumed_by is not None:
+                self._presigs[rec.presig_id]["consumed"] = True
+                self.store.vault.destroy(f"presig:{rec.presig_id}")
+
+    # -- accepting protocol messages ---------------------------------------------
+
+    def _accept(self, cer: Ceremony, opened: Opened, seq: int | None) -> Step:
+        env = opened.envelope
+        if env.sender not in cer.participants or env.sender == self.party:
+            raise _Reject("sender is not a participant of this ceremony")
+        phases = _phases(cer.kind, cer.params)
+        if env.protocol not in phases:
+            raise _Reject(f"protocol {env.protocol!r} is not part of a {cer.kind} ceremony")
+        try:
+            msg = unpackb(opened.body)
+        except DecodeError as exc:
+            msg = exc
+        if not isinstance(msg, Msg) or msg.protocol != env.protocol or msg.eid != _eid(cer.execution, env.protocol) \
+                or _token(msg.protocol, msg.round) != env.round or msg.sender != env.sender \
+                or msg.recipient != env.recipient or msg.confidential != env.sealed:
+            # the sender signed it, so this is provable misbehaviour
+            step = self._abort(cer, f"party {env.sender}: signed a malformed message {env.msg_id}", [env.sender], True)
+            cer_step = Step(step.outgoing, step.reached, rejected="malformed message")
+            self.store.save(cer, seq=seq)
+            self._after_commit(cer, step)
+            return cer_step
+        kind = "b" if msg.recipient is None else "d"
+        body_digest = hashlib.sha256(opened.body).digest()
+        prior = cer.has(msg.protocol, msg.round, msg.sender, kind)
+        if prior is not None:
+            if prior[0] == body_digest:
+                raise _Reject("duplicate message")
+            step = self._abort(cer, f"party {env.sender}: two different signed messages for {env.round}",
+                               [env.sender], True)
+            self.store.save(cer, seq=seq)
+            self._after_commit(cer, step)
+            return Step(step.outgoing, step.reached, rejected="equivocation")
+        if phases.index(msg.protocol) < phases.index(cer.phase) or (
+                msg.protocol == cer.phase and msg.round < cer.round):
+            raise _Reject("message for a round this party has already completed")
+        key = f"{msg.protocol}:{msg.round}:{msg.sender}:{kind}"
+        sealed_msg = seal_secret(self._dek(cer), f"msg:{cer.execution}:{key}", opened.body)
+        cer.accept(seq=seq, phase=msg.protocol, round=msg.round, sender=msg.sender, kind=kind, msg_id=env.msg_id,
+                   digest=body_digest, sealed_msg=sealed_msg)
+        step = self._advance(cer)
+        self.store.save(cer, *step.extra, seq=seq)
+        self._after_commit(cer, step)
+        return Step(step.outgoing, step.reached)
+
+    def _peer_abort(self, cer: Ceremony, opened: Opened, seq: int | None) -> Step:
+        env = opened.envelope
+        if env.sender != COORDINATOR and env.sender not in cer.participants:
+            cer.reject(seq=seq, reason="abort notice from a non-participant", sender=env.sender, msg_id=env.msg_id,
+                       digest=hashlib.sha256(opened.body).digest())
+            self.store.save(cer, seq=seq)
+            return Step(rejected="abort notice from a non-participant")
+        try:
+            body = msgpack.unpackb(opened.body, raw=False)
+            reason = str(body["reason"])[:500]
+            culprits = [int(c) for c in body.get("culprits", []) if int(c) in cer.participants]
+            attributable = bool(body.get("attributable", True))
+        except Exception:
+            reason, culprits, attributable = "malformed abort notice", [], False
+        who = "coordinator" if env.sender == COORDINATOR else f"party {env.sender}"
+        step = self._abort(cer, f"{who} aborted: {reason}", culprits, attributable, reported_by=env.sender,
+                           notify=False)
+        self.store.save(cer, seq=seq)
+        self._after_commit(cer, step)
+        return Step(step.outgoing, step.reached)
+
+    # -- deadlines and status ----------------------------------------------------
+
+    def expire(self) -> Step:
+        """Abort every ceremony whose current round is past its deadline."""
+        now = self.clock()
+        step = Step()
+        for ex in list(self._running):
+            cer = self._ceremony(ex)
+            if cer is None or cer.finished or now <= cer.deadline:
+                continue
+            missing = cer.missing()
+            where = _token(cer.phase, cer.round) if cer.phase else "start"
+            reason = f"round {where} timed out after {cer.round_timeout:g}s waiting for parties {missing}"
+            more = self._abort(cer, reason, missing, True)
+            self.store.save(cer)
+            self._after_commit(cer, more)
+            step.outgoing += more.outgoing
+            step.reached += more.reached
+        return step
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        flights = []
+        for ex in sorted(self._running):
+            cer = self._ceremony(ex)
+            if cer is None:
+                continue
+            flights.append({"execution": ex, "kind": cer.kind,
+                            "round": _token(cer.phase, cer.round) if cer.phase else None,
+                            "waiting_for": cer.missing(), "deadline_in": round(cer.deadline - now, 1)})
+        pools: dict[str, dict[str, int]] = {}
+        for rec in self._presigs.values():
+            pool = pools.setdefault(rec["key_id"], {"available": 0, "consumed": 0})
+            pool["consumed" if rec["consumed"] else "available"] += 1
+        finished = list(self._finished.values())
+        return {"party": self.party, "level": self.level, "keys": sorted(self._keys.values(), key=lambda k: k["key_id"]),
+                "ceremonies": flights, "presignatures": pools,
+                "finished": {"completed": finished.count("completed"), "aborted": finished.count("aborted")},
+                "rejected_messages": self._rejections}
+
+    def available_presignatures(self, key_id: str, signers: Sequence[int]) -> list[str]:
+        return sorted(pid for pid, r in self._presigs.items()
+                      if r["key_id"] == key_id and r["signers"] == sorted(signers) and not r["consumed"])
+
+
+@dataclass
+class _StepX(Step):
+    extra: list[Any] = field(default_factory=list)  # other aggregates to commit with the ceremony
+
+
+def start_envelope(coordinator: Identity, roster: Roster, execution: str, command: Command,
+                   trace: dict[str, str] | None = None) -> Outgoing:
+    """The signed ``start`` message a coordinator publishes to begin a ceremony."""
+    if not _EXECUTION.match(execution):
+        raise ValueError("execution id must be 1-80 characters of [A-Za-z0-9_-]")
+    data = seal(coordinator, roster, protocol="ctl", execution=execution, round="start", recipient=None,
+                body=command.encode(), confidential=False, trace=trace)
+    return Outgoing(control_subject(execution, "start"), data, f"{execution}:start:{COORDINATOR}:all")
+
+
+def abort_envelope(coordinator: Identity, roster: Roster, execution: str, reason: str) -> Outgoing:
+    """A coordinator's request that every party abandon ``execution``."""
+    body = msgpack.packb({"reason": reason, "culprits": [], "attributable": False}, use_bin_type=True)
+    data = seal(coordinator, roster, protocol="ctl", execution=execution, round="abort", recipient=None,
+                body=body, confidential=False)
+    return Outgoing(control_subject(execution, "abort"), data, f"{execution}:abort:{COORDINATOR}:all")
+
+
+__all__ += ["start_envelope", "abort_envelope"]

@@ -1,0 +1,184 @@
+"""The JetStream edge of one party: pull, handle, commit, publish, ack.
+
+For every message of the party's durable consumer, in stream order:
+
+1. :meth:`PartyRuntime.handle` runs in a worker thread (rounds can take
+   seconds); meanwhile ``in_progress()`` keeps JetStream from redelivering;
+2. the runtime has committed the events and the stream sequence;
+3. the recorded envelopes are published, each with its ``Nats-Msg-Id``;
+4. only then is the message acked.
+
+A crash between any two steps is safe: before 2 the message is redelivered
+and handled afresh; after 2 the redelivery is recognised by its sequence and
+:meth:`PartyRuntime.recover` re-sends the recorded envelopes at start-up.
+
+Status requests are answered on ``conclave.status.<party>`` (core NATS
+request/reply) from a snapshot taken between messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+import nats.errors
+
+from engine.ceremony.runtime import Outgoing, PartyRuntime, Step
+from handlers.jetstream import (
+    PublishError,
+    PullInbox,
+    close,
+    connect,
+    ensure_party_consumer,
+    ensure_streams,
+    heartbeat,
+    publish,
+)
+
+__all__ = ["PartyService", "status_subject", "CRASH_ENV"]
+
+log = logging.getLogger("conclave.party")
+
+CRASH_ENV = "CONCLAVE_CRASH_AT"  # fault injection for tests: "<round token>:<after-commit|after-publish>"
+EXPIRE_EVERY = 1.0
+
+
+def status_subject(party: int) -> str:
+    return f"conclave.status.{party}"
+
+
+class PartyService:
+    """Runs one :class:`PartyRuntime` against a NATS JetStream server until stopped."""
+
+    def __init__(self, runtime: PartyRuntime, url: str, *, ready_file: Path | None = None,
+                 crash_at: str | None = None) -> None:
+        self.runtime = runtime
+        self.url = url
+        self.ready_file = ready_file
+        self.crash_at = crash_at if crash_at is not None else os.environ.get(CRASH_ENV) or None
+        self.stop = anyio.Event()
+        self._snapshot: dict[str, Any] = {}
+        self._busy: str | None = None
+        self._started = time.time()
+
+    # -- fault injection --
+    def _maybe_crash(self, step: Step, point: str) -> None:
+        if not self.crash_at:
+            return
+        token, _, where = self.crash_at.rpartition(":")
+        if where == point and token in step.reached:
+            log.warning("party %s: injected crash at %s:%s", self.runtime.party, token, point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def _publish_all(self, js, outs: list[Outgoing]) -> None:
+        for out in outs:
+            while True:
+                try:
+                    await publish(js, out.subject, out.data, out.msg_id)
+                    break
+                except PublishError as exc:
+                    # recorded envelopes must go out eventually; keep trying while we live
+                    log.error("party %s: publish of %s failed, retrying: %s", self.runtime.party, out.msg_id, exc)
+                    if self.stop.is_set():
+                        raise
+                    await anyio.sleep(1.0)
+
+    def _refresh(self) -> None:
+        snap = self.runtime.status()
+        snap["pid"] = os.getpid()
+        self._snapshot = snap
+
+    async def _on_status(self, msg) -> None:
+        body = dict(self._snapshot, state="busy" if self._busy else "idle", busy_with=self._busy,
+                    uptime=round(time.time() - self._started, 1))
+        try:
+            await msg.respond(msgpack.packb(body, use_bin_type=True))
+        except Exception as exc:
+            log.debug("status reply failed: %r", exc)
+
+    async def run(self) -> None:
+        party = self.runtime.party
+        nc = await connect(self.url, name=f"conclave-party-{party}")
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            await ensure_party_consumer(js, party)
+            step = await anyio.to_thread.run_sync(self.runtime.recover)
+            self._refresh()
+            await self._publish_all(js, step.outgoing)
+            inbox = PullInbox(js, party)
+            await inbox.bind()
+            await nc.subscribe(status_subject(party), cb=self._on_status)
+            if self.ready_file is not None:
+                self.ready_file.write_text(str(os.getpid()))
+            log.info("party %s ready on %s (resent %d recorded envelopes)", party, self.url, len(step.outgoing))
+            await self._loop(js, inbox)
+        finally:
+            if self.ready_file is not None:
+                self.ready_file.unlink(missing_ok=True)
+            with anyio.CancelScope(shield=True):
+                await close(nc)
+
+    async def _loop(self, js, inbox: PullInbox) -> None:
+        last_expire = 0.0
+        drained = False  # deadlines only count once the backlog from downtime is read
+        while not self.stop.is_set():
+            try:
+                msgs = await inbox.fetch(timeout=0.5)
+            except nats.errors.ConnectionClosedError:
+                log.error("party %s: connection closed; stopping", self.runtime.party)
+                return
+            if not msgs:
+                drained = True
+            for msg in msgs:
+                if self.stop.is_set():
+                    return  # unacked: redelivered to the next run
+                if not await self._one(js, msg):
+                    break  # later messages wait for the failed one: sequence order matters
+            now = time.monotonic()
+            if drained and now - last_expire >= EXPIRE_EVERY:
+                last_expire = now
+                step = await anyio.to_thread.run_sync(self.runtime.expire)
+                if step.outgoing:
+                    await self._publish_all(js, step.outgoing)
+                    self._refresh()
+
+    async def _one(self, js, msg) -> bool:
+        seq = msg.metadata.sequence.stream
+        self._busy = msg.subject
+        done = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeat, msg, done)
+                try:
+                    step = await anyio.to_thread.run_sync(self.runtime.handle, msg.data, msg.subject, seq)
+                finally:
+                    done.set()
+        except Exception:
+            # a store failure: do not ack, do not read past it (sequence order matters)
+            log.exception("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq)
+            self.runtime.reset_cache()
+            try:
+                await msg.nak(delay=1.0)
+            except Exception:
+                pass
+            await anyio.sleep(1.0)
+            return False
+        finally:
+            self._busy = None
+        self._maybe_crash(step, "after-commit")
+        await self._publish_all(js, step.outgoing)
+        self._maybe_crash(step, "after-publish")
+        try:
+            await msg.ack()
+        except Exception as exc:  # redelivery is harmless: the sequence is recorded
+            log.info("party %s: ack of seq %s failed: %r", self.runtime.party, seq, exc)
+        if step.reached or step.rejected:
+            self._refresh()
+        return True

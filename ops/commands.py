@@ -1,0 +1,372 @@
+"""``conclave up | down | status | keygen | presign | sign | replay``.
+
+Every command takes ``--data-dir`` (default ``$CONCLAVE_HOME`` or
+``./.conclave``) and ``--json``. Exit codes follow ``ops.cli``: 0 success,
+2 bad usage or no deployment, 3 the ceremony aborted or was refused, 4 it
+timed out or the deployment is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ops.deploy import DeployError, Deployment, default_home, pid_alive
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_ABORTED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
+
+def _dep(args) -> Deployment:
+    return Deployment(Path(args.data_dir) if args.data_dir else default_home())
+
+
+def _emit(args, obj: dict[str, Any], human: str) -> None:
+    print(json.dumps(obj) if args.json else human)
+
+
+def _fail(args, code: int, message: str, **extra: Any) -> int:
+    if args.json:
+        print(json.dumps({"error": message, **extra}))
+    print(f"conclave: {message}", file=sys.stderr)
+    return code
+
+
+def _say(args, text: str) -> None:
+    """Progress for humans; stderr so --json output stays one object."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- up / down -------------------------------------------------------------------
+
+
+def cmd_up(args) -> int:
+    from ops.broker import EmbeddedNats
+
+    dep = _dep(args)
+    store = None
+    if args.postgres:
+        store = {"kind": "postgres", "dsn": args.postgres, "schema": args.postgres_schema}
+    try:
+        cfg = dep.init(parties=args.parties, threshold=args.threshold, level=args.security_level,
+                       nats_url=args.nats, store=store, round_timeout=args.round_timeout, prime_pool=args.prime_pool)
+    except DeployError as exc:
+        return _fail(args, EXIT_USAGE, str(exc))
+    nats_info: dict[str, Any] = {"url": cfg["nats"]["url"], "embedded": cfg["nats"]["embedded"]}
+    if args.nats and cfg["nats"]["url"] != args.nats:
+        dep.set_nats_url(args.nats)
+        nats_info["url"] = args.nats
+    if cfg["nats"]["embedded"]:
+        pid = dep.nats_pid()
+        if pid_alive(pid):
+            nats_info.update(pid=pid, started=False)
+        else:
+            url = cfg["nats"]["url"]
+            port = int(url.rsplit(":", 1)[1]) if url else None
+            server = EmbeddedNats(store_dir=dep.home / "nats", port=port, log_file=dep.home / "nats" / "nats.log")
+            _say(args, "starting the embedded nats-server")
+            url = server.start(detach=True)
+            (dep.home / "nats" / "nats.pid").write_text(str(server.pid))
+            dep.set_nats_url(url)
+            nats_info.update(url=url, pid=server.pid, started=True)
+    parties = []
+    started = []
+    for i in dep.party_ids():
+        pid = dep.party_pid(i)
+        if pid_alive(pid):
+            parties.append({"id": i, "pid": pid, "started": False})
+            continue
+        pid = dep.start_party(i)
+        started.append((i, pid))
+        parties.append({"id": i, "pid": pid, "started": True})
+    try:
+        for i, pid in started:
+            dep.wait_ready(i, pid)
+    except DeployError as exc:
+        return _fail(args, EXIT_UNAVAILABLE, str(exc))
+    out = {"data_dir": str(dep.home), "nats": nats_info, "parties": parties, "level": cfg["level"],
+           "threshold": cfg["threshold"]}
+    human = [f"conclave up in {dep.home} (nats {nats_info['url']}, level {cfg['level']})"]
+    human += [f"  party {p['id']}: pid {p['pid']} ({'started' if p['started'] else 'already running'})"
+              for p in parties]
+    _emit(args, out, "\n".join(human))
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}")
+    stopped = []
+    for i in dep.party_ids():
+        if dep.stop_pid(dep.party_pid(i)):
+            stopped.append(f"party-{i}")
+    cfg = dep.config()
+    if cfg["nats"]["embedded"] and dep.stop_pid(dep.nats_pid()):
+        stopped.append("nats-server")
+    _emit(args, {"stopped": stopped}, "stopped " + (", ".join(stopped) if stopped else "nothing (not running)"))
+    return EXIT_OK
+
+
+# -- status ----------------------------------------------------------------------
+
+
+async def _gather_status(dep: Deployment) -> dict[str, Any]:
+    from ops.client import Coordinator
+
+    cfg = dep.config()
+    out: dict[str, Any] = {"data_dir": str(dep.home), "level": cfg["level"], "threshold": cfg["threshold"],
+                           "nats": {"url": cfg["nats"]["url"], "embedded": cfg["nats"]["embedded"]}}
+    if cfg["nats"]["embedded"]:
+        pid = dep.nats_pid()
+        out["nats"].update(pid=pid, running=pid_alive(pid))
+    snaps: dict[int, dict | None] = {}
+    reachable = True
+    try:
+        with anyio.fail_after(5):
+            async with Coordinator(dep) as c:
+                for i in dep.party_ids():
+                    snaps[i] = await c.party_status(i)
+    except (TimeoutError, OSError, Exception):
+        reachable = False
+    out["nats"]["reachable"] = reachable
+    parties, keys, flights, pools = [], {}, {}, {}
+    for i in dep.party_ids():
+        pid = dep.party_pid(i)
+        snap = snaps.get(i)
+        if snap is None:
+            state = "stopped" if not pid_alive(pid) else "unresponsive"
+            parties.append({"id": i, "pid": pid if pid_alive(pid) else None, "state": state})
+            continue
+        parties.append({"id": i, "pid": snap.get("pid"), "state": snap.get("state"), "busy_with": snap.get("busy_with"),
+                        "uptime": snap.get("uptime"), "finished": snap.get("finished"),
+                        "rejected_messages": snap.get("rejected_messages")})
+        for k in snap.get("keys", []):
+            keys.setdefault(k["key_id"], dict(k, holders=[]))["holders"].append(i)
+        for f in snap.get("ceremonies", []):
+            flights.setdefault(f["execution"], {"execution": f["execution"], "kind": f["kind"], "parties": {}})
+            flights[f["execution"]]["parties"][str(i)] = {"round": f["round"], "waiting_for": f["waiting_for"],
+                                                          "deadline_in": f["deadline_in"]}
+        for key_id, pool in snap.get("presignatures", {}).items():
+            pools.setdefault(key_id, {})[str(i)] = pool
+    out.update(parties=parties, keys=list(keys.values()), ceremonies=list(flights.values()), presignatures=pools)
+    return out
+
+
+def cmd_status(args) -> int:
+    dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
+    st = anyio.run(_gather_status, dep)
+    lines = [f"data dir {st['data_dir']}  level {st['level']}",
+             f"nats {st['nats']['url']} ({'reachable' if st['nats']['reachable'] else 'UNREACHABLE'})"]
+    for p in st["parties"]:
+        lines.append(f"  party {p['id']}: {p['state']}" + (f" pid {p['pid']}" if p.get("pid") else ""))
+    for k in st["keys"]:
+        lines.append(f"  key {k['key_id']}: {k['threshold']}-of-{len(k['parties'])} {k['public_key']}")
+    for f in st["ceremonies"]:
+        lines.append(f"  in flight {f['execution']} ({f['kind']}): {f['parties']}")
+    for key_id, pool in st["presignatures"].items():
+        lines.append(f"  presignatures for {key_id}: {pool}")
+    _emit(args, st, "\n".join(lines))
+    return EXIT_OK
+
+
+# -- ceremonies ------------------------------------------------------------------
+
+
+def _run(args, kind: str, participants, params, **kw) -> tuple[int, Any]:
+    from ops.client import CeremonyFailed, Coordinator
+
+    dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`"), None
+
+    def report(party: int, rep: dict) -> None:
+        if not args.json:
+            _say(args, f"  party {party}: {rep.get('status')}")
+
+    async def go():
+        async with Coordinator(dep, url=args.nats) as c:
+            return await c.run(kind, participants, params, timeout=args.timeout, on_report=report, **kw)
+
+    try:
+        return EXIT_OK, anyio.run(go)
+    except CeremonyFailed as exc:
+        code = EXIT_UNAVAILABLE if exc.status == "timeout" else EXIT_ABORTED
+        return _fail(args, code, str(exc), execution=exc.execution, status=exc.status, reason=exc.reason,
+                     culprits=exc.culprits), None
+    except TimeoutError:
+        return _fail(args, EXIT_UNAVAILABLE, "cannot reach the NATS server"), None
+
+
+def cmd_keygen(args) -> int:
+    dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
+    cfg = dep.config()
+    n = args.parties or cfg["parties"]
+    t = args.threshold or cfg["threshold"]
+    if not 2 <= t <= n <= cfg["parties"]:
+        return _fail(args, EXIT_USAGE, f"need 2 <= threshold <= parties <= {cfg['parties']} (the deployment's size)")
+    if not args.json:
+        _say(args, f"running a {t}-of-{n} key generation (keygen + aux-info) over NATS")
+    code, outcome = _run(args, "keygen", range(1, n + 1), {"threshold": t})
+    if outcome is None:
+        return code
+    res = outcome.result
+    out = {"key_id": res["key_id"], "public_key": res["public_key"], "threshold": res["threshold"],
+           "parties": res["parties"], "seconds": round(outcome.seconds, 3)}
+    _emit(args, out, f"key {out['key_id']}\n  public key {out['public_key']}\n  {t}-of-{n}, {outcome.seconds:.2f}s")
+    return EXIT_OK
+
+
+def _signers(args, dep: Deployment, key: dict | None, threshold: int) -> tuple[int, ...]:
+    if args.signers:
+        try:
+            ids = tuple(sorted(int(x) for x in args.signers.split(",") if x.strip()))
+        except ValueError:
+            raise DeployError("--signers takes comma-separated party ids, for example 1,3") from None
+        if len(ids) != threshold:
+            raise DeployError(f"--signers must name exactly {threshold} parties")
+        return ids
+    # the first t parties that answer a status ping
+    alive = []
+    st = anyio.run(_gather_status, dep)
+    for p in st["parties"]:
+        if p["state"] in ("idle", "busy"):
+            alive.append(p["id"])
+    holders = key["parties"] if key else dep.party_ids()
+    chosen = [i for i in alive if i in holders][:threshold]
+    if len(chosen) < threshold:
+        raise DeployError(f"only parties {alive} are up; {threshold} signers are needed")
+    return tuple(chosen)
+
+
+def _key(dep: Deployment, key_id: str) -> dict:
+    st = anyio.run(_gather_status, dep)
+    for k in st["keys"]:
+        if k["key_id"] == key_id:
+            return k
+    raise DeployError(f"no running party knows key {key_id!r}")
+
+
+def cmd_presign(args) -> int:
+    dep = _dep(args)
+    try:
+        key = _key(dep, args.key)
+        signers = _signers(args, dep, key, key["threshold"])
+    except DeployError as exc:
+        return _fail(args, EXIT_USAGE, str(exc))
+    made = []
+    t0 = time.perf_counter()
+    for n in range(args.count):
+        code, outcome = _run(args, "presign", signers, {"key_id": args.key})
+        if outcome is None:
+            return code
+        made.append(outcome.result["presig_id"])
+        if not args.json:
+            _say(args, f"  presignature {n + 1}/{args.count}: {made[-1]} ({outcome.seconds:.2f}s)")
+    out = {"key_id": args.key, "signers": list(signers), "presignatures": made,
+           "seconds": round(time.perf_counter() - t0, 3)}
+    _emit(args, out, f"{len(made)} presignature(s) for {args.key} with signers {list(signers)}")
+    return EXIT_OK
+
+
+def cmd_sign(args) -> int:
+    dep = _dep(args)
+    try:
+        digest = bytes.fromhex(args.digest.removeprefix("0x"))
+    except ValueError:
+        return _fail(args, EXIT_USAGE, "--digest must be hex")
+    if len(digest) != 32:
+        return _fail(args, EXIT_USAGE, f"--digest must be 32 bytes (64 hex digits), got {len(digest)}")
+    try:
+        key = _key(dep, args.key)
+        signers = _signers(args, dep, key, key["threshold"])
+    except DeployError as exc:
+        return _fail(args, EXIT_USAGE, str(exc))
+    params: dict[str, Any] = {"key_id": args.key, "digest": digest}
+    if args.presig:
+        params["presig_id"] = args.presig
+    code, outcome = _run(args, "sign", signers, params)
+    if outcome is None:
+        return code
+    res = outcome.result
+    out = {"public_key": res["public_key"], "r": res["r"], "s": res["s"], "v": res["v"], "der": res["der"],
+           "digest": res["digest"], "signers": res["signers"], "key_id": res["key_id"],
+           "execution": outcome.execution, "seconds": round(outcome.seconds, 3)}
+    _emit(args, out, "\n".join([
+        f"signature over {out['digest']} by parties {out['signers']} ({outcome.seconds:.2f}s)",
+        f"  r   {out['r']}", f"  s   {out['s']}", f"  v   {out['v']}", f"  der {out['der']}",
+        "  checked: verifies under the group key, low-S, v recovers the key",
+    ]))
+    return EXIT_OK
+
+
+def cmd_replay(args) -> int:
+    from ops.replay import render, replay
+
+    dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}")
+    report = replay(dep, args.execution)
+    _emit(args, report, render(report))
+    return EXIT_OK
+
+
+def configure(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-dir", help="deployment directory (default: $CONCLAVE_HOME or ./.conclave)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        return p
+
+    up = common(sub.add_parser("up", help="start the broker (embedded unless --nats) and the party processes"))
+    up.add_argument("--parties", type=int, default=3)
+    up.add_argument("--threshold", type=int, default=2, help="default threshold for keygen")
+    up.add_argument("--nats", help="use this NATS JetStream server instead of an embedded one")
+    up.add_argument("--security-level", default="cggmp21-128", help="cggmp21-128 (default) or dev-2048")
+    up.add_argument("--postgres", metavar="DSN", help="keep the event stores in PostgreSQL instead of SQLite")
+    up.add_argument("--postgres-schema", help="schema for the PostgreSQL tables")
+    up.add_argument("--round-timeout", type=float, default=120.0, help="seconds a party waits for a round")
+    up.add_argument("--prime-pool", metavar="FILE", help="pregenerated safe primes (tests and demos only)")
+    up.set_defaults(func=cmd_up)
+
+    down = common(sub.add_parser("down", help="stop what `conclave up` started"))
+    down.set_defaults(func=cmd_down)
+
+    status = common(sub.add_parser("status", help="parties, keys, ceremonies in flight, presignature counts"))
+    status.set_defaults(func=cmd_status)
+
+    kg = common(sub.add_parser("keygen", help="distributed key generation over NATS"))
+    kg.add_argument("--threshold", type=int)
+    kg.add_argument("--parties", type=int)
+    kg.add_argument("--nats", help="override the deployment's NATS URL")
+    kg.add_argument("--timeout", type=float, help="give up after this many seconds")
+    kg.set_defaults(func=cmd_keygen)
+
+    ps = common(sub.add_parser("presign", help="make presignatures for a key"))
+    ps.add_argument("--key", required=True)
+    ps.add_argument("--count", type=int, default=1)
+    ps.add_argument("--signers", help="comma-separated party ids (default: the first t that are up)")
+    ps.add_argument("--nats")
+    ps.add_argument("--timeout", type=float)
+    ps.set_defaults(func=cmd_presign)
+
+    sg = common(sub.add_parser("sign", help="sign a 32-byte digest over NATS"))
+    sg.add_argument("--key", required=True)
+    sg.add_argument("--digest", required=True, help="32-byte hash, hex")
+    sg.add_argument("--signers", help="comma-separated party ids (default: the first t that are up)")
+    sg.add_argument("--presig", help="use this presignature (default: presign now)")
+    sg.add_argument("--nats")
+    sg.add_argument("--timeout", type=float)
+    sg.set_defaults(func=cmd_sign)
+
+    rp = common(sub.add_parser("replay", help="timeline of one ceremony across every party's store"))
+    rp.add_argument("execution")
+    rp.set_defaults(func=cmd_replay)

@@ -1,0 +1,79 @@
+"""``python -m ops.party --data-dir DIR --party I``: one party process.
+
+``conclave up`` starts these; each runs until SIGTERM, then finishes the
+message in hand and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from engine.ceremony.runtime import PartyRuntime
+from engine.ceremony.store import PartyStore
+from handlers.party import PartyService
+from ops.deploy import Deployment
+
+
+def prime_source(pool_file: str | None, party: int):
+    """Safe primes from a pregenerated pool (tests, demos), else None: generate fresh."""
+    if not pool_file:
+        return None
+    pool = {int(bits): [int(p, 16) for p in ps] for bits, ps in json.loads(Path(pool_file).read_text()).items()}
+    counter = {"n": 0}
+
+    def take(bits: int) -> int:
+        ps = pool.get(bits)
+        if not ps:
+            raise RuntimeError(f"prime pool has no {bits}-bit safe primes")
+        # each party starts at its own offset so parties never share a modulus
+        p = ps[(2 * (party - 1) + counter["n"]) % len(ps)]
+        counter["n"] += 1
+        return p
+
+    return take
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="conclave-party")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--party", type=int, required=True)
+    args = ap.parse_args(argv)
+    dep = Deployment(Path(args.data_dir))
+    cfg = dep.config()
+    i = args.party
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s party-{i} %(levelname)s %(name)s: %(message)s")
+    store = PartyStore(i, dep.store_config(i), dep.kek(i))
+    runtime = PartyRuntime(i, dep.identity(i), dep.roster(), store, level=cfg["level"],
+                           primes=prime_source(cfg.get("prime_pool"), i))
+    service = PartyService(runtime, cfg["nats"]["url"], ready_file=dep.party_dir(i) / "party.ready")
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        logging.getLogger("conclave.party").info("party %s stopping", i)
+                        service.stop.set()
+                        return
+
+            tg.start_soon(on_signals)
+            await service.run()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(run)
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
