@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.demo import configure as _configure_demo
 
     _configure_demo(sub)
+    from ops.bench_runtime import configure as _configure_bench_runtime
+
+    _configure_bench_runtime(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import msgpack
 
+from engine.ceremony import tracing
 from engine.ceremony.runtime import Command, abort_envelope, start_envelope
 from engine.crypto import ecdsa
 from handlers.jetstream import close, connect, publish, subscribe_outcomes
@@ -98,10 +99,14 @@ class Coordinator:
         rounds = {"keygen": 7, "presign": 4, "sign": 5 if not params.get("presig_id") else 2}[kind]
         timeout = timeout or self.round_timeout * rounds + 30
         cmd = Command(kind, participants, params, self.level, self.round_timeout)
+        with tracing.span(f"ceremony {kind}", execution=execution):
+            return await self._run(kind, execution, participants, params, cmd, timeout, on_report)
+
+    async def _run(self, kind, execution, participants, params, cmd, timeout, on_report) -> CeremonyOutcome:
         reports: dict[int, dict] = {}
         t0 = time.perf_counter()
         async with subscribe_outcomes(self.js, execution) as outcomes:
-            start = start_envelope(self.identity, self.roster, execution, cmd)
+            start = start_envelope(self.identity, self.roster, execution, cmd, trace=tracing.carrier())
             await publish(self.js, start.subject, start.data, start.msg_id)
             try:
                 with anyio.fail_after(timeout):

@@ -191,6 +191,10 @@ def _run(args, kind: str, participants, params, **kw) -> tuple[int, Any]:
         if not args.json:
             _say(args, f"  party {party}: {rep.get('status')}")
 
+    from engine.ceremony import tracing
+
+    tracing.install("conclave-coordinator")
+
     async def go():
         async with Coordinator(dep, url=args.nats) as c:
             return await c.run(kind, participants, params, timeout=args.timeout, on_report=report, **kw)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 
+from engine.ceremony import tracing
 from engine.ceremony.runtime import PartyRuntime
 from engine.ceremony.store import PartyStore
 from handlers.party import PartyService
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
     i = args.party
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s party-{i} %(levelname)s %(name)s: %(message)s")
+    tracing.install(f"conclave-party-{i}")
     store = PartyStore(i, dep.store_config(i), dep.kek(i))
     runtime = PartyRuntime(i, dep.identity(i), dep.roster(), store, level=cfg["level"],
                            primes=prime_source(cfg.get("prime_pool"), i))

@@ -47,6 +47,7 @@ from engine.crypto.primes import generate_safe_prime
 from engine.crypto.security import get_level
 from engine.protocols import aux_info, keygen, presign, sign
 from engine.protocols.base import Abort, Advance, Done, InternalError, Msg
+from engine.ceremony import tracing
 from engine.ceremony.store import (
     Ceremony,
     KeyShareRecord,
@@ -353,6 +354,10 @@ class PartyRuntime:
         def reject(reason: str) -> Step:
             step = self._record_rejection(None, seq, reason, env.sender, env.msg_id, digest, env.subject,
                                           len(opened.body))
+            if ex in self._running or ex in self._finished:
+                # our outcome's msg id belongs to the ceremony we already hold for this execution:
+                # a replayed start must not pre-empt (or contradict) its real outcome
+                return step
             # tell the coordinator now rather than let it wait for a deadline
             body = {"status": "rejected", "reason": reason}
             data = seal(self.identity, self.roster, protocol="ctl", execution=ex, round="out", recipient=None,
@@ -376,7 +381,8 @@ class PartyRuntime:
             return reject(f"bad command: {exc}")
         now = self.clock()
         cer = Ceremony(execution=ex, kind=cmd.kind, params=cmd.params, participants=list(cmd.participants),
-                       command_seq=seq, round_timeout=cmd.round_timeout, deadline=now + cmd.round_timeout)
+                       command_seq=seq, round_timeout=cmd.round_timeout, deadline=now + cmd.round_timeout,
+                       trace=dict(env.trace))
         self._running[ex] = cer
         try:
             step = self._enter_phase(cer, _phases(cmd.kind, cmd.params)[0], carry={})
@@ -488,7 +494,7 @@ class PartyRuntime:
     def _envelope(self, cer: Ceremony, m: Msg) -> Outgoing:
         data = seal(self.identity, self.roster, protocol=m.protocol, execution=cer.execution,
                     round=_token(m.protocol, m.round), recipient=m.recipient, body=packb(m),
-                    confidential=m.confidential)
+                    confidential=m.confidential, trace=cer.trace)
         to = "all" if m.recipient is None else str(m.recipient)
         return Outgoing(f"conclave.mpc.{cer.execution}.{_token(m.protocol, m.round)}.{to}", data,
                         f"{cer.execution}:{_token(m.protocol, m.round)}:{self.party}:{to}")
@@ -508,7 +514,9 @@ class PartyRuntime:
                     inbox.append(unpackb(open_secret(dek, f"msg:{cer.execution}:{key}", sealed_msg)))
             fn = module.ROUNDS[r - 1]
             try:
-                result = fn(state, tuple(inbox), self.rng)
+                with tracing.span(f"{cer.kind} {_token(phase, r + 1)}", cer.trace, party=self.party,
+                                  execution=cer.execution):
+                    result = fn(state, tuple(inbox), self.rng)
             except InternalError as exc:
                 result = Abort((), f"internal error: {exc}", r, phase, (), False)
                 log.error("party %s: internal error in %s: %s", self.party, _token(phase, r), exc)

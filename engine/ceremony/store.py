@@ -145,12 +145,13 @@ class Vault:
     """
 
     def __init__(self, kek: bytes, *, sqlite_path: str | None = None, postgres_dsn: str | None = None,
-                 table: str = "conclave_vault") -> None:
+                 table: str = "conclave_vault", schema: str | None = None) -> None:
         self._aead = AESGCM(kek)
         self._lock = threading.Lock()
         self._mem: dict[str, bytes] | None = None
         self._pg = None
         self._table = table
+        self._sql: dict[str, Any] = {}
         if sqlite_path is not None:
             self._db = sqlite3.connect(sqlite_path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA secure_delete=ON")  # deleted keys are overwritten on disk
@@ -158,9 +159,19 @@ class Vault:
             self._db.execute("CREATE TABLE IF NOT EXISTS vault (id TEXT PRIMARY KEY, wrapped BLOB NOT NULL)")
         elif postgres_dsn is not None:
             import psycopg
+            from psycopg import sql
 
+            # the table lives in the deployment's schema, next to its events, so
+            # schemas never share (or leave behind) vault entries
+            name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+            self._sql = {
+                "insert": sql.SQL("INSERT INTO {} (id, wrapped) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING").format(name),
+                "select": sql.SQL("SELECT wrapped FROM {} WHERE id = %s").format(name),
+                "delete": sql.SQL("DELETE FROM {} WHERE id = %s").format(name),
+            }
             self._pg = psycopg.connect(postgres_dsn, autocommit=True)
-            self._pg.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (id TEXT PRIMARY KEY, wrapped BYTEA NOT NULL)')
+            self._pg.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, wrapped BYTEA NOT NULL)").format(name))
         else:
             self._mem = {}
 
@@ -188,10 +199,7 @@ class Vault:
             if self._mem is not None:
                 self._mem.setdefault(key_id, wrapped)
             elif self._pg is not None:
-                self._pg.execute(
-                    f'INSERT INTO "{self._table}" (id, wrapped) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING',
-                    (key_id, wrapped),
-                )
+                self._pg.execute(self._sql["insert"], (key_id, wrapped))
             else:
                 self._db.execute("INSERT OR IGNORE INTO vault (id, wrapped) VALUES (?, ?)", (key_id, wrapped))
         return self.get(key_id)  # type: ignore[return-value]
@@ -201,7 +209,7 @@ class Vault:
             if self._mem is not None:
                 wrapped = self._mem.get(key_id)
             elif self._pg is not None:
-                row = self._pg.execute(f'SELECT wrapped FROM "{self._table}" WHERE id = %s', (key_id,)).fetchone()
+                row = self._pg.execute(self._sql["select"], (key_id,)).fetchone()
                 wrapped = bytes(row[0]) if row else None
             else:
                 row = self._db.execute("SELECT wrapped FROM vault WHERE id = ?", (key_id,)).fetchone()
@@ -213,7 +221,7 @@ class Vault:
             if self._mem is not None:
                 self._mem.pop(key_id, None)
             elif self._pg is not None:
-                self._pg.execute(f'DELETE FROM "{self._table}" WHERE id = %s', (key_id,))
+                self._pg.execute(self._sql["delete"], (key_id,))
             else:
                 self._db.execute("DELETE FROM vault WHERE id = ?", (key_id,))
 
@@ -248,8 +256,10 @@ class Ceremony(Aggregate):
 
     @event("Started")
     def __init__(self, execution: str, kind: str, params: dict, participants: list[int],
-                 command_seq: int | None, round_timeout: float, deadline: float) -> None:
+                 command_seq: int | None, round_timeout: float, deadline: float,
+                 trace: dict | None = None) -> None:
         self.execution = execution
+        self.trace = dict(trace or {})  # W3C trace context from the start command
         self.kind = kind
         self.params = params
         self.participants = list(participants)
@@ -442,8 +452,10 @@ class PartyStore:
             }
             if c.schema:
                 env["POSTGRES_SCHEMA"] = c.schema
-            table = f"{c.schema}.{name}_vault" if c.schema else f"{name}_vault"
-            self.vault = Vault(self.kek, postgres_dsn=c.dsn, table=table.replace(".", "_"))
+            try:
+                self.vault = Vault(self.kek, postgres_dsn=c.dsn, table=f"{name}_vault", schema=c.schema)
+            except Exception as exc:  # e.g. the schema does not exist; driver errors carry hosts, never keys
+                raise StoreError(f"cannot open the postgres vault: {exc}") from None
         else:
             env |= {"PERSISTENCE_MODULE": "eventsourcing.popo"}
             self.vault = Vault(self.kek)
