@@ -200,7 +200,6 @@ class PartyRuntime:
         self._presigs: dict[str, dict[str, Any]] = {}
         self._rejections = 0
         self._recovered = False
-        self._bystander: set[str] = set()  # executions started without us (kept in memory only)
 
     def __repr__(self) -> str:
         return f"PartyRuntime(party={self.party}, running={len(self._running)})"
@@ -292,8 +291,9 @@ class PartyRuntime:
         if env.protocol == "ctl" and env.round == "start":
             return self._start(opened, seq, digest)
         cer = self._ceremony(env.execution)
-        if cer is None and env.execution in self._bystander:
-            return Step()  # a ceremony we are not part of
+        if cer is None and env.recipient is None and env.execution not in self._finished:
+            # a signed broadcast of a ceremony we never started: one we are not part of
+            return Step()
         if cer is None:
             reason = "ceremony already finished" if env.execution in self._finished else "unknown execution"
             return self._record_rejection(env.execution, seq, reason, env.sender, env.msg_id, digest, subject, len(raw))
@@ -372,7 +372,6 @@ class PartyRuntime:
         try:
             cmd = Command.decode(opened.body)
             if self.party not in cmd.participants:
-                self._bystander.add(ex)
                 return Step()  # not ours; nothing to record
             if cmd.level != self.level:
                 raise ValueError(f"security level {cmd.level!r} differs from this deployment's {self.level!r}")
