@@ -67,6 +67,8 @@ OUT_SUBJECTS = ["conclave.out.>"]
 MAX_MSG_SIZE = 4 * 1024 * 1024
 # Headers and protocol framing ride on top of the payload, hence the slack.
 MIN_SERVER_MAX_PAYLOAD = MAX_MSG_SIZE + 64 * 1024
+# below this even an aux-info round at the default level (about 0.2 MiB per message) may not fit
+MIN_SERVER_FLOOR = 1024 * 1024
 
 _DAY = 24 * 3600.0
 MAX_AGE = 7 * _DAY
@@ -147,6 +149,7 @@ async def connect(url: str, name: str, **kw: Any) -> NATS:
     ``kw`` overrides any ``nats.connect`` option. Cancel the call (e.g. with
     ``anyio.fail_after``) to bound the initial wait; the half-open client is
     closed. Raises BrokerConfigError if the server's max_payload is below
+    ``MIN_SERVER_FLOOR`` (1 MiB, the nats-server default); warns below
     ``MIN_SERVER_MAX_PAYLOAD``.
     """
     nlog = logging.getLogger(f"{__name__}.conn")
@@ -189,13 +192,17 @@ async def connect(url: str, name: str, **kw: Any) -> NATS:
     except BaseException:
         await close(nc)
         raise
-    if nc.max_payload < MIN_SERVER_MAX_PAYLOAD:
+    if nc.max_payload < MIN_SERVER_FLOOR:
         payload = nc.max_payload
         await close(nc)
         raise BrokerConfigError(
             f"NATS server at {url} has max_payload={payload} bytes; Conclave needs at least "
-            f"{MIN_SERVER_MAX_PAYLOAD} (set `max_payload: 8MB` in the server config)"
+            f"{MIN_SERVER_FLOOR} (set `max_payload: 8MB` in the server config)"
         )
+    if nc.max_payload < MIN_SERVER_MAX_PAYLOAD:
+        # every ceremony message today is far below 1 MiB; only the envelope limit is above it
+        log.warning("NATS server at %s has max_payload=%d bytes; envelopes above that will be refused "
+                    "(set `max_payload: 8MB` to allow the full 4 MiB)", url, nc.max_payload)
     return nc
 
 

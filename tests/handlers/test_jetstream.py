@@ -225,12 +225,24 @@ async def test_publish_gives_up_with_publish_error(nats_server):
         await close(nc)
 
 
-async def test_connect_rejects_small_max_payload(tmp_path):
-    server = EmbeddedNats(tmp_path / "store", max_payload=1024 * 1024)
+async def test_connect_rejects_a_tiny_max_payload(tmp_path):
+    server = EmbeddedNats(tmp_path / "store", max_payload=512 * 1024)
     server.start()
     try:
         with pytest.raises(BrokerConfigError, match="max_payload"):
             await connect(server.url, "small")
+    finally:
+        server.stop()
+
+
+async def test_connect_warns_on_the_default_max_payload(tmp_path, caplog):
+    server = EmbeddedNats(tmp_path / "store", max_payload=1024 * 1024)
+    server.start()
+    try:
+        with caplog.at_level("WARNING"):
+            nc = await connect(server.url, "default-sized")
+        await close(nc)
+        assert "max_payload=1048576" in caplog.text
     finally:
         server.stop()
 
