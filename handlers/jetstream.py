@@ -331,9 +331,12 @@ def _consumer_differs(have: api.ConsumerConfig, want: api.ConsumerConfig) -> boo
     )
 
 
-async def ensure_party_consumer(js: JetStreamContext, party: int) -> None:
+async def ensure_party_consumer(js: JetStreamContext, party: int) -> bool:
     """Create (or update) the durable pull consumer ``party-<party>`` on the MPC stream.
 
+    Returns True when the server applied the subject filters. Servers before
+    2.10 ignore ``filter_subjects`` without an error; the consumer then gets
+    every MPC subject and the caller must skip what is not addressed to it.
     Idempotent and safe to run concurrently. Raises ValueError for a bad party
     id, nats.js.errors.APIError if the existing consumer cannot be changed to
     the expected config (e.g. its deliver policy differs) or the stream is missing.
@@ -344,11 +347,15 @@ async def ensure_party_consumer(js: JetStreamContext, party: int) -> None:
         info = await js.consumer_info(MPC_STREAM, name)
     except nats.js.errors.NotFoundError:
         info = None
-    if info is not None and not _consumer_differs(info.config, want):
-        return
-    # The server's durable-create is create-or-update, and returns the existing
-    # consumer for an identical config, so racing creators all succeed.
-    await js.add_consumer(MPC_STREAM, config=want)
+    if info is None or _consumer_differs(info.config, want):
+        # The server's durable-create is create-or-update, and returns the existing
+        # consumer for an identical config, so racing creators all succeed.
+        info = await js.add_consumer(MPC_STREAM, config=want)
+    filtered = bool(info.config.filter_subjects)
+    if not filtered:
+        log.warning("NATS server ignores filter_subjects (older than 2.10): party %d reads every MPC subject "
+                    "and skips the ones not addressed to it", party)
+    return filtered
 
 
 # --------------------------------------------------------------------------- publish

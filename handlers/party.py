@@ -66,6 +66,7 @@ class PartyService:
         self._snapshot: dict[str, Any] = {}
         self._busy: str | None = None
         self._started = time.time()
+        self._me = str(runtime.party)
 
     # -- fault injection --
     def _maybe_crash(self, step: Step, point: str) -> None:
@@ -151,6 +152,10 @@ class PartyService:
 
     async def _one(self, js, msg) -> bool:
         seq = msg.metadata.sequence.stream
+        if msg.subject.rsplit(".", 1)[-1] not in ("all", self._me):
+            # another party's direct message: only a server without filter_subjects delivers these
+            await msg.ack()
+            return True
         self._busy = msg.subject
         done = anyio.Event()
         try:

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import Cipher, IntegrityError, Tracking, Transcoder
+from eventsourcing.persistence import Cipher, IntegrityError, MapperDeserialisationError, Tracking, Transcoder
 
 __all__ = [
     "StoreConfig",
@@ -118,6 +118,13 @@ class AesGcmCipher(Cipher):
             return self._aead.decrypt(ciphertext[:12], ciphertext[12:], b"conclave/event")
         except InvalidTag:
             raise StoreError("stored event fails authentication: wrong key-encryption key or tampered store") from None
+
+
+def _unreadable(exc: MapperDeserialisationError) -> StoreError:
+    """eventsourcing wraps whatever the cipher raised; readers get a StoreError, as documented."""
+    if isinstance(exc.__cause__, StoreError):
+        return StoreError(str(exc.__cause__))
+    return StoreError("stored event cannot be decoded: corrupt store or incompatible version")
 
 
 def load_kek(path: os.PathLike[str] | str, *, create: bool = False) -> bytes:
@@ -496,10 +503,15 @@ class PartyStore:
             return self.app.repository.get(cls.create_id(**ids))
         except AggregateNotFoundError:
             return None
+        except MapperDeserialisationError as exc:
+            raise _unreadable(exc) from None
 
     def timeline(self, cls: type, **ids: Any) -> list[Any]:
         """The stored events of one aggregate, oldest first."""
-        return list(self.app.events.get(cls.create_id(**ids)))
+        try:
+            return list(self.app.events.get(cls.create_id(**ids)))
+        except MapperDeserialisationError as exc:
+            raise _unreadable(exc) from None
 
     def all_events(self, batch: int = 500) -> Iterator[Any]:
         """Every event this party stored, in commit order."""
@@ -509,7 +521,11 @@ class PartyStore:
             if not notes:
                 return
             for n in notes:
-                yield self.app.mapper.to_domain_event(n)
+                try:
+                    ev = self.app.mapper.to_domain_event(n)
+                except MapperDeserialisationError as exc:
+                    raise _unreadable(exc) from None
+                yield ev
             start = notes[-1].id + 1
 
     def close(self) -> None:
