@@ -468,7 +468,18 @@ class PartyStore:
             self.vault = Vault(self.kek)
         app_cls = type(f"Party{self.party}", (_PartyApplication,), {"name": name})
         try:
-            self.app = app_cls(env=env)
+            if c.kind == "postgres":
+                # parties starting together would race on CREATE TABLE / FUNCTION; take turns
+                import psycopg
+
+                with psycopg.connect(c.dsn, autocommit=True) as lock:
+                    lock.execute("SELECT pg_advisory_lock(hashtext('conclave-store-ddl'))")
+                    try:
+                        self.app = app_cls(env=env)
+                    finally:
+                        lock.execute("SELECT pg_advisory_unlock(hashtext('conclave-store-ddl'))")
+            else:
+                self.app = app_cls(env=env)
         except StoreError:
             raise
         except Exception as exc:  # driver errors carry paths/hosts, never keys
