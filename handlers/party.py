@@ -47,6 +47,7 @@ log = logging.getLogger("conclave.party")
 
 CRASH_ENV = "CONCLAVE_CRASH_AT"  # fault injection for tests: "<round token>:<after-commit|after-publish>"
 EXPIRE_EVERY = 1.0
+POISON_AFTER = 5  # deliveries of one failing message before it is recorded as rejected and skipped
 
 
 def status_subject(party: int) -> str:
@@ -165,10 +166,19 @@ class PartyService:
                     step = await anyio.to_thread.run_sync(self.runtime.handle, msg.data, msg.subject, seq)
                 finally:
                     done.set()
-        except Exception:
+        except Exception as exc:
             # a store failure: do not ack, do not read past it (sequence order matters)
             log.exception("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq)
             self.runtime.reset_cache()
+            if msg.metadata.num_delivered >= POISON_AFTER:
+                # the same message keeps failing: record it and move on rather than stall every ceremony
+                try:
+                    await anyio.to_thread.run_sync(self.runtime.quarantine, msg.data, msg.subject, seq,
+                                                   type(exc).__name__)
+                    await msg.ack()
+                    return True
+                except Exception:
+                    log.exception("party %s: could not record seq %s as rejected either", self.runtime.party, seq)
             try:
                 await msg.nak(delay=1.0)
             except Exception:

@@ -200,6 +200,7 @@ class PartyRuntime:
         self._presigs: dict[str, dict[str, Any]] = {}
         self._rejections = 0
         self._recovered = False
+        self._deks: dict[str, bytes] = {}  # data keys of running ceremonies (also in the vault)
 
     def __repr__(self) -> str:
         return f"PartyRuntime(party={self.party}, running={len(self._running)})"
@@ -216,26 +217,28 @@ class PartyRuntime:
         step = Step()
         now = self.clock()
         finished_at: dict[str, float] = {}
+        ceremony_ids: dict[Any, str] = {}  # aggregate id -> execution
+        presig_ids: dict[Any, str] = {}  # aggregate id -> presignature id
         for ev in self.store.all_events():
-            name = type(ev).__name__
             if isinstance(ev, Ceremony.Started):
-                self._finished.pop(ev.execution, None)
+                ceremony_ids[ev.originator_id] = ev.execution
                 self._running[ev.execution] = None  # type: ignore[assignment]
             elif isinstance(ev, (Ceremony.Completed, Ceremony.Aborted)):
-                ex = self._execution_of(ev)
+                ex = ceremony_ids.get(ev.originator_id)
                 if ex is not None:
                     self._running.pop(ex, None)
-                    self._finished[ex] = "completed" if name == "Completed" else "aborted"
+                    self._finished[ex] = "completed" if isinstance(ev, Ceremony.Completed) else "aborted"
                     finished_at[ex] = ev.timestamp.timestamp()
             elif isinstance(ev, KeyShareRecord.Created):
                 self._keys[ev.key_id] = {"key_id": ev.key_id, "public_key": ev.public_key,
                                          "threshold": ev.threshold, "parties": list(ev.parties), "level": ev.level}
             elif isinstance(ev, PresignatureRecord.Created):
+                presig_ids[ev.originator_id] = ev.presig_id
                 self._presigs[ev.presig_id] = {"key_id": ev.key_id, "signers": list(ev.signers), "consumed": False}
             elif isinstance(ev, PresignatureRecord.Consumed):
-                for pid, rec in self._presigs.items():
-                    if PresignatureRecord.create_id(pid) == ev.originator_id:
-                        rec["consumed"] = True
+                pid = presig_ids.get(ev.originator_id)
+                if pid is not None:
+                    self._presigs[pid]["consumed"] = True
             elif isinstance(ev, Rejection.Recorded):
                 self._rejections += 1
         for ex in list(self._running):
@@ -244,15 +247,15 @@ class PartyRuntime:
             step.outgoing.extend(_recorded(cer.outbox))
             cer.resume(resent=len(cer.outbox), pid=os.getpid())
             self.store.save(cer)
-        for ex, status in self._finished.items():
-            cer = None
+        for ex in self._finished:
             if now - finished_at.get(ex, 0) < RESEND_FINISHED_WITHIN:
-                cer = self.store.get(Ceremony, execution=ex)
-                step.outgoing.extend(_recorded(cer.outbox))
-            self.store.vault.destroy(f"ceremony:{ex}")  # a crash may have left it behind
-        for pid, rec in self._presigs.items():
-            if rec["consumed"]:
-                self.store.vault.destroy(f"presig:{pid}")
+                step.outgoing.extend(_recorded(self.store.get(Ceremony, execution=ex).outbox))
+        # a crash between a commit and the key deletion it implies leaves keys behind
+        for key_id in self.store.vault.ids():
+            kind, _, ident = key_id.partition(":")
+            if (kind == "ceremony" and ident not in self._running) or (
+                    kind == "presig" and self._presigs.get(ident, {}).get("consumed", True)):
+                self.store.vault.destroy(key_id)
         self._recovered = True
         for ex in list(self._running):
             cer = self._running[ex]
@@ -263,12 +266,6 @@ class PartyRuntime:
                 step.outgoing.extend(more.outgoing)
                 step.reached.extend(more.reached)
         return step
-
-    def _execution_of(self, ev: Any) -> str | None:
-        for ex in list(self._running):
-            if Ceremony.create_id(ex) == ev.originator_id:
-                return ex
-        return None
 
     # -- inbound -------------------------------------------------------------
 
@@ -308,6 +305,14 @@ class PartyRuntime:
         except Exception:
             self._forget(cer.execution)
             raise
+
+    def quarantine(self, raw: bytes, subject: str, seq: int | None, reason: str) -> Step:
+        """Record a message that failed to process several times, so it stops blocking the party."""
+        if seq is not None and self.store.processed(seq):
+            return Step(duplicate_delivery=True)
+        self.reset_cache()
+        return self._record_rejection(None, seq, f"could not be processed: {reason}", None, None,
+                                      hashlib.sha256(raw).digest(), subject, len(raw))
 
     def _subject_execution(self, subject: str) -> str | None:
         parts = subject.split(".")
@@ -427,13 +432,16 @@ class PartyRuntime:
     # -- rounds --------------------------------------------------------------
 
     def _dek(self, cer: Ceremony) -> bytes:
-        return self.store.vault.create(f"ceremony:{cer.execution}")
+        dek = self._deks.get(cer.execution)
+        if dek is None:
+            dek = self._deks[cer.execution] = self.store.vault.create(f"ceremony:{cer.execution}")
+        return dek
 
     def _seal_state(self, cer: Ceremony, state: Any, carry: dict[str, Any]) -> bytes:
         return seal_secret(self._dek(cer), f"state:{cer.execution}", packb({"state": state, "carry": carry}))
 
     def _open_state(self, cer: Ceremony) -> tuple[Any, dict[str, Any]]:
-        dek = self.store.vault.get(f"ceremony:{cer.execution}")
+        dek = self._deks.get(cer.execution) or self.store.vault.get(f"ceremony:{cer.execution}")
         if dek is None or cer.sealed_state is None:
             raise InternalError("ceremony state is gone (its data key was destroyed)")
         blob = unpackb(open_secret(dek, f"state:{cer.execution}", cer.sealed_state))
@@ -519,7 +527,7 @@ class PartyRuntime:
             except InternalError as exc:
                 result = Abort((), f"internal error: {exc}", r, phase, (), False)
                 log.error("party %s: internal error in %s: %s", self.party, _token(phase, r), exc)
-            except (ValueError, TypeError, ArithmeticError) as exc:
+            except Exception as exc:
                 # a value the round checks missed; our bug, so nobody is blamed
                 result = Abort((), f"internal error: {type(exc).__name__}", r, phase, (), False)
                 log.exception("party %s: unexpected error in %s", self.party, _token(phase, r))
@@ -604,6 +612,7 @@ class PartyRuntime:
         if cer.finished:
             self._running.pop(cer.execution, None)
             self._finished[cer.execution] = cer.status
+            self._deks.pop(cer.execution, None)
             self.store.vault.destroy(f"ceremony:{cer.execution}")
         for rec in step.extra:
             if isinstance(rec, PresignatureRecord) and rec.consumed_by is not None:

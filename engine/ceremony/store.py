@@ -175,6 +175,7 @@ class Vault:
                 "insert": sql.SQL("INSERT INTO {} (id, wrapped) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING").format(name),
                 "select": sql.SQL("SELECT wrapped FROM {} WHERE id = %s").format(name),
                 "delete": sql.SQL("DELETE FROM {} WHERE id = %s").format(name),
+                "ids": sql.SQL("SELECT id FROM {}").format(name),
             }
             self._pg = psycopg.connect(postgres_dsn, autocommit=True)
             self._pg.execute(
@@ -231,6 +232,19 @@ class Vault:
                 self._pg.execute(self._sql["delete"], (key_id,))
             else:
                 self._db.execute("DELETE FROM vault WHERE id = ?", (key_id,))
+
+    def ids(self) -> list[str]:
+        """The ids of every key still held."""
+        with self._lock:
+            if self._mem is not None:
+                return list(self._mem)
+            if self._pg is not None:
+                from psycopg import sql
+
+                rows = self._pg.execute(self._sql["ids"]).fetchall() if "ids" in self._sql else []
+            else:
+                rows = self._db.execute("SELECT id FROM vault").fetchall()
+        return [r[0] for r in rows]
 
     def close(self) -> None:
         if self._pg is not None:
