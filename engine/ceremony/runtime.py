@@ -367,7 +367,7 @@ class PartyRuntime:
             body = {"status": "rejected", "reason": reason}
             data = seal(self.identity, self.roster, protocol="ctl", execution=ex, round="out", recipient=None,
                         body=msgpack.packb(body, use_bin_type=True), confidential=False)
-            step.outgoing.append(Outgoing(outcome_subject(ex, self.party), data, f"{ex}:out:{self.party}:all"))
+            step.outgoing.append(Outgoing(outcome_subject(ex, self.party), data, f"{ex}:rejected:{self.party}:all"))
             return step
 
         if env.sender != COORDINATOR:
@@ -391,7 +391,7 @@ class PartyRuntime:
         try:
             step = self._enter_phase(cer, _phases(cmd.kind, cmd.params)[0], carry={})
             if not cer.finished:
-                more = self._advance(cer)
+                more = self._advance(cer, step.outgoing)
                 step.outgoing += more.outgoing
                 step.reached += more.reached
                 step.extra += more.extra
@@ -447,7 +447,7 @@ class PartyRuntime:
         blob = unpackb(open_secret(dek, f"state:{cer.execution}", cer.sealed_state))
         return blob["state"], blob["carry"]
 
-    def _enter_phase(self, cer: Ceremony, phase: str, carry: dict[str, Any]) -> _StepX:
+    def _enter_phase(self, cer: Ceremony, phase: str, carry: dict[str, Any], prior: Sequence[Outgoing] = ()) -> _StepX:
         """Run round 1 of ``phase`` and record it."""
         p, me, eid = cer.params, self.party, _eid(cer.execution, phase)
         parts = tuple(cer.participants)
@@ -481,11 +481,14 @@ class PartyRuntime:
             adv = sign.round1(sign.SignParams(eid, me, p["digest"]), presig, self.rng)
         else:
             raise InternalError(f"unknown phase {phase}")
-        step = self._record_advance(cer, phase, 1, adv, carry)
+        step = self._record_advance(cer, phase, 1, adv, carry, prior)
         step.extra += extra
         return step
 
-    def _record_advance(self, cer: Ceremony, phase: str, round_: int, adv: Advance, carry: dict[str, Any]) -> _StepX:
+    def _record_advance(self, cer: Ceremony, phase: str, round_: int, adv: Advance, carry: dict[str, Any],
+                        prior: Sequence[Outgoing] = ()) -> _StepX:
+        """Record entering ``phase``-``round_``. ``prior``: envelopes produced earlier in the same step,
+        recorded again so a restart re-sends everything this step produced."""
         outbox = [self._envelope(cer, m) for m in adv.outbox]
         expect: set[tuple[int, str]] = set()
         for m in adv.outbox:
@@ -494,7 +497,7 @@ class PartyRuntime:
             else:
                 expect.add((m.recipient, "d"))
         cer.advance(phase=phase, round=round_, sealed_state=self._seal_state(cer, adv.state, carry),
-                    outbox=[[o.subject, o.msg_id, o.data] for o in outbox],
+                    outbox=[[o.subject, o.msg_id, o.data] for o in [*prior, *outbox]],
                     expect=[list(e) for e in sorted(expect)], deadline=self.clock() + cer.round_timeout)
         return _StepX(outgoing=outbox, reached=[_token(phase, round_)])
 
@@ -506,9 +509,10 @@ class PartyRuntime:
         return Outgoing(f"conclave.mpc.{cer.execution}.{_token(m.protocol, m.round)}.{to}", data,
                         f"{cer.execution}:{_token(m.protocol, m.round)}:{self.party}:{to}")
 
-    def _advance(self, cer: Ceremony) -> _StepX:
+    def _advance(self, cer: Ceremony, prior: Sequence[Outgoing] = ()) -> _StepX:
         """Run rounds while the current round's inbox is complete."""
         step = _StepX()
+        sent = list(prior)
         while not cer.finished and cer.phase is not None and not cer.missing():
             phase, r = cer.phase, cer.round
             module = PHASES[phase]
@@ -532,19 +536,21 @@ class PartyRuntime:
                 result = Abort((), f"internal error: {type(exc).__name__}", r, phase, (), False)
                 log.exception("party %s: unexpected error in %s", self.party, _token(phase, r))
             if isinstance(result, Advance):
-                more = self._record_advance(cer, phase, r + 1, result, carry)
+                more = self._record_advance(cer, phase, r + 1, result, carry, sent)
             elif isinstance(result, Done):
-                more = self._phase_done(cer, phase, result, carry)
+                more = self._phase_done(cer, phase, result, carry, sent)
             elif isinstance(result, Abort):
-                more = self._abort(cer, result.reason, list(result.culprits), result.attributable)
+                more = self._abort(cer, result.reason, list(result.culprits), result.attributable, prior=sent)
             else:
                 raise InternalError(f"round returned {type(result).__name__}")
+            sent += more.outgoing
             step.outgoing += more.outgoing
             step.reached += more.reached
             step.extra += more.extra
         return step
 
-    def _phase_done(self, cer: Ceremony, phase: str, done: Done, carry: dict[str, Any]) -> _StepX:
+    def _phase_done(self, cer: Ceremony, phase: str, done: Done, carry: dict[str, Any],
+                    prior: Sequence[Outgoing] = ()) -> _StepX:
         phases = _phases(cer.kind, cer.params)
         tail = [self._envelope(cer, m) for m in done.outbox]
         if phase == "keygen":
@@ -553,12 +559,13 @@ class PartyRuntime:
             carry = dict(carry, presig=done.output)
         idx = phases.index(phase)
         if idx + 1 < len(phases):
-            step = self._enter_phase(cer, phases[idx + 1], carry)
+            step = self._enter_phase(cer, phases[idx + 1], carry, [*prior, *tail])
             step.outgoing = tail + step.outgoing
             return step
         result, extra = self._finish(cer, done.output, carry)
         outcome = self._outcome(cer, {"status": "completed", "kind": cer.kind, "result": result})
-        cer.complete(result=result, outcome=outcome.data, outbox=[[o.subject, o.msg_id, o.data] for o in tail + [outcome]])
+        cer.complete(result=result, outcome=outcome.data,
+                     outbox=[[o.subject, o.msg_id, o.data] for o in [*prior, *tail, outcome]])
         return _StepX(outgoing=tail + [outcome], reached=["completed"], extra=extra)
 
     def _finish(self, cer: Ceremony, output: Any, carry: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
@@ -593,7 +600,7 @@ class PartyRuntime:
         return Outgoing(outcome_subject(cer.execution, self.party), data, f"{cer.execution}:out:{self.party}:all")
 
     def _abort(self, cer: Ceremony, reason: str, culprits: list[int], attributable: bool,
-               reported_by: int | None = None, notify: bool = True) -> _StepX:
+               reported_by: int | None = None, notify: bool = True, prior: Sequence[Outgoing] = ()) -> _StepX:
         reported_by = self.party if reported_by is None else reported_by
         body = {"reason": reason, "culprits": culprits, "attributable": attributable,
                 "round": _token(cer.phase, cer.round) if cer.phase else None, "reported_by": reported_by}
@@ -604,7 +611,8 @@ class PartyRuntime:
             out.append(Outgoing(control_subject(cer.execution, "abort"), data, f"{cer.execution}:abort:{self.party}:all"))
         out.append(self._outcome(cer, {"status": "aborted", "kind": cer.kind, **body}))
         cer.abort(reason=reason, culprits=culprits, phase=cer.phase, round=cer.round, attributable=attributable,
-                  reported_by=reported_by, outcome=out[-1].data, outbox=[[o.subject, o.msg_id, o.data] for o in out])
+                  reported_by=reported_by, outcome=out[-1].data,
+                  outbox=[[o.subject, o.msg_id, o.data] for o in [*prior, *out]])
         log.warning("party %s aborted %s: %s (culprits %s)", self.party, cer.execution, reason, culprits)
         return _StepX(outgoing=out, reached=["aborted"])
 
