@@ -128,6 +128,8 @@ async def _gather_status(dep: Deployment) -> dict[str, Any]:
     snaps: dict[int, dict | None] = {}
     reachable = True
     try:
+        if cfg["nats"]["embedded"] and not out["nats"]["running"]:
+            raise ConnectionRefusedError("the embedded nats-server is not running")
         with anyio.fail_after(5):
             async with Coordinator(dep) as c:
                 for i in dep.party_ids():
