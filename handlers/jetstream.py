@@ -48,6 +48,7 @@ __all__ = [
     "close",
     "ensure_streams",
     "ensure_party_consumer",
+    "rewind_party_consumer",
     "party_consumer_name",
     "publish",
     "heartbeat",
@@ -320,10 +321,13 @@ def _party_consumer_config(party: int) -> api.ConsumerConfig:
 
 def _consumer_differs(have: api.ConsumerConfig, want: api.ConsumerConfig) -> bool:
     have_filters = sorted(have.filter_subjects or ([have.filter_subject] if have.filter_subject else []))
+    # a consumer rewound by rewind_party_consumer starts "by start sequence"; where it
+    # started only mattered when it was created
+    rewound = _enum_value(have.deliver_policy) == _enum_value(api.DeliverPolicy.BY_START_SEQUENCE)
     return (
         have_filters != sorted(want.filter_subjects or [])
         or _enum_value(have.ack_policy) != _enum_value(want.ack_policy)
-        or _enum_value(have.deliver_policy) != _enum_value(want.deliver_policy)
+        or (_enum_value(have.deliver_policy) != _enum_value(want.deliver_policy) and not rewound)
         or not _close(have.ack_wait, want.ack_wait)
         or (have.max_deliver or -1) != want.max_deliver
         or have.max_ack_pending != want.max_ack_pending
@@ -356,6 +360,32 @@ async def ensure_party_consumer(js: JetStreamContext, party: int) -> bool:
         log.warning("NATS server ignores filter_subjects (older than 2.10): party %d reads every MPC subject "
                     "and skips the ones not addressed to it", party)
     return filtered
+
+
+async def rewind_party_consumer(js: JetStreamContext, party: int, start_seq: int) -> bool:
+    """If ``party-<party>`` holds delivered but unacknowledged messages, re-create it to deliver
+    again, in stream order, everything from stream sequence ``start_seq`` on. Returns True if it did.
+
+    For a party starting up: what its previous process fetched but never acked (it crashed or
+    stopped with a batch in hand) would otherwise come back only after ``ack_wait``, *behind*
+    newer messages, and a party that records only its highest processed sequence would then
+    skip it as already processed. ``start_seq`` is one past the last sequence it committed.
+    Raises nats errors like ensure_party_consumer.
+    """
+    name = party_consumer_name(_party_id(party))
+    info = await js.consumer_info(MPC_STREAM, name)
+    if not (info.num_ack_pending or info.num_redelivered):
+        return False
+    want = _party_consumer_config(party)
+    want.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+    want.opt_start_seq = max(1, int(start_seq))
+    log.info("party %d: %d unacknowledged message(s) pending; redelivering from stream sequence %d",
+             party, info.num_ack_pending, want.opt_start_seq)
+    # (a crash in between leaves no consumer: the next start creates one delivering everything,
+    # and the already processed part is recognised by its sequence)
+    await js.delete_consumer(MPC_STREAM, name)
+    await js.add_consumer(MPC_STREAM, config=want)
+    return True
 
 
 # --------------------------------------------------------------------------- publish

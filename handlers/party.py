@@ -39,6 +39,7 @@ from handlers.jetstream import (
     ensure_streams,
     heartbeat,
     publish,
+    rewind_party_consumer,
 )
 
 __all__ = ["PartyService", "status_subject", "CRASH_ENV"]
@@ -64,6 +65,7 @@ class PartyService:
         self.ready_file = ready_file
         self.crash_at = crash_at if crash_at is not None else os.environ.get(CRASH_ENV) or None
         self.stop = anyio.Event()
+        self.ready = anyio.Event()  # set once connected, recovered and bound
         self._snapshot: dict[str, Any] = {}
         self._busy: str | None = None
         self._started = time.time()
@@ -111,6 +113,8 @@ class PartyService:
             js = nc.jetstream()
             await ensure_streams(js)
             await ensure_party_consumer(js, party)
+            last = await anyio.to_thread.run_sync(self.runtime.store.last_seq)
+            await rewind_party_consumer(js, party, (last or 0) + 1)
             step = await anyio.to_thread.run_sync(self.runtime.recover)
             self._refresh()
             await self._publish_all(js, step.outgoing)
@@ -119,6 +123,7 @@ class PartyService:
             await nc.subscribe(status_subject(party), cb=self._on_status)
             if self.ready_file is not None:
                 self.ready_file.write_text(str(os.getpid()))
+            self.ready.set()
             log.info("party %s ready on %s (resent %d recorded envelopes)", party, self.url, len(step.outgoing))
             await self._loop(js, inbox)
         finally:
@@ -142,7 +147,10 @@ class PartyService:
                 if self.stop.is_set():
                     return  # unacked: redelivered to the next run
                 if not await self._one(js, msg):
-                    break  # later messages wait for the failed one: sequence order matters
+                    # later messages must wait for the failed one (sequence order matters):
+                    # have the consumer deliver again from the first uncommitted sequence
+                    await self._resync(js, inbox)
+                    break
             now = time.monotonic()
             if drained and now - last_expire >= EXPIRE_EVERY:
                 last_expire = now
@@ -150,6 +158,19 @@ class PartyService:
                 if step.outgoing:
                     await self._publish_all(js, step.outgoing)
                     self._refresh()
+
+    async def _resync(self, js, inbox: PullInbox) -> None:
+        """Re-create the consumer from the first uncommitted sequence and bind to it again."""
+        while not self.stop.is_set():
+            try:
+                last = await anyio.to_thread.run_sync(self.runtime.store.last_seq)
+                await inbox.unsubscribe()
+                await rewind_party_consumer(js, self.runtime.party, (last or 0) + 1)
+                await inbox.bind()
+                return
+            except Exception:
+                log.exception("party %s: could not rewind its consumer; retrying", self.runtime.party)
+                await anyio.sleep(1.0)
 
     async def _one(self, js, msg) -> bool:
         seq = msg.metadata.sequence.stream
@@ -179,10 +200,6 @@ class PartyService:
                     return True
                 except Exception:
                     log.exception("party %s: could not record seq %s as rejected either", self.runtime.party, seq)
-            try:
-                await msg.nak(delay=1.0)
-            except Exception:
-                pass
             await anyio.sleep(1.0)
             return False
         finally:

@@ -20,7 +20,7 @@ import msgpack
 from engine.ceremony import tracing
 from engine.ceremony.runtime import Command, abort_envelope, start_envelope
 from engine.crypto import ecdsa
-from handlers.jetstream import close, connect, publish, subscribe_outcomes
+from handlers.jetstream import close, connect, ensure_streams, publish, subscribe_outcomes
 from handlers.party import status_subject
 from ops.deploy import Deployment
 from schemas.envelope import EnvelopeError, open_envelope
@@ -73,6 +73,7 @@ class Coordinator:
         with anyio.fail_after(15):
             self.nc = await connect(self.url, name="conclave-coordinator")
         self.js = self.nc.jetstream()
+        await ensure_streams(self.js)  # the coordinator may come up before any party
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -22,7 +22,7 @@ from handlers.party import PartyService
 from ops.deploy import Deployment
 
 
-def prime_source(pool_file: str | None, party: int):
+def prime_source(pool_file: str | None, party: int, parties: int):
     """Safe primes from a pregenerated pool (tests, demos), else None: generate fresh."""
     if not pool_file:
         return None
@@ -33,8 +33,11 @@ def prime_source(pool_file: str | None, party: int):
         ps = pool.get(bits)
         if not ps:
             raise RuntimeError(f"prime pool has no {bits}-bit safe primes")
-        # each party starts at its own offset so parties never share a modulus
-        p = ps[(2 * (party - 1) + counter["n"]) % len(ps)]
+        # party i only ever takes primes i-1, i-1+n, i-1+2n, ...: parties never share a modulus
+        mine = ps[party - 1::parties]
+        if len(mine) < 2:
+            raise RuntimeError(f"prime pool has too few {bits}-bit primes for {parties} parties")
+        p = mine[counter["n"] % len(mine)]
         counter["n"] += 1
         return p
 
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
     tracing.install(f"conclave-party-{i}")
     store = PartyStore(i, dep.store_config(i), dep.kek(i))
     runtime = PartyRuntime(i, dep.identity(i), dep.roster(), store, level=cfg["level"],
-                           primes=prime_source(cfg.get("prime_pool"), i))
+                           primes=prime_source(cfg.get("prime_pool"), i, int(cfg["parties"])))
     service = PartyService(runtime, cfg["nats"]["url"], ready_file=dep.party_dir(i) / "party.ready")
 
     async def run() -> None:
