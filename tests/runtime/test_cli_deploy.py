@@ -1,0 +1,121 @@
+"""The operator's commands around a deployment: up (idempotent), status, presign, down,
+replay on copied store files, usage errors, and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ops.cli import main
+from ops.deploy import Deployment, pid_alive
+
+POOL = str(Path(__file__).resolve().parents[1] / "fixtures" / "safe_primes.json")
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(capsys, *argv: str) -> tuple[int, dict]:
+    code = main(list(argv))
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, (json.loads(out[-1]) if out else {})
+
+
+@pytest.fixture
+def home(tmp_path):
+    d = tmp_path / "conclave"
+    yield d
+    if (d / "conclave.json").exists():
+        main(["down", "--data-dir", str(d)])
+    for pidfile in list(d.glob("party-*/party.pid")) + [d / "nats" / "nats.pid"]:
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_up_status_presign_replay_down(home, capsys, tmp_path):
+    h = str(home)
+    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL, "--json")
+    assert code == 0 and [p["started"] for p in up["parties"]] == [True, True, True]
+    assert up["nats"]["embedded"] and up["nats"]["url"].startswith("nats://127.0.0.1:")
+
+    # again: nothing new starts
+    code, again = run(capsys, "up", "--data-dir", h, "--json")
+    assert code == 0 and not any(p["started"] for p in again["parties"]) and not again["nats"]["started"]
+    assert [p["pid"] for p in again["parties"]] == [p["pid"] for p in up["parties"]]
+
+    # a killed party is the only thing restarted
+    os.kill(up["parties"][2]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(up["parties"][2]["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    code, status = run(capsys, "status", "--data-dir", h, "--json")
+    assert [p["state"] for p in status["parties"]][2] == "stopped"
+    code, third = run(capsys, "up", "--data-dir", h, "--json")
+    assert [p["started"] for p in third["parties"]] == [False, False, True]
+
+    code, kg = run(capsys, "keygen", "--data-dir", h, "--threshold", "2", "--parties", "3", "--json")
+    assert code == 0 and kg["threshold"] == 2 and len(bytes.fromhex(kg["public_key"])) == 33
+    code, pre = run(capsys, "presign", "--data-dir", h, "--key", kg["key_id"], "--signers", "1,3", "--count", "2",
+                    "--json")
+    assert code == 0 and len(pre["presignatures"]) == 2
+
+    code, status = run(capsys, "status", "--data-dir", h, "--json")
+    assert code == 0
+    assert [(p["id"], p["state"]) for p in status["parties"]] == [(1, "idle"), (2, "idle"), (3, "idle")]
+    assert all(isinstance(p["pid"], int) for p in status["parties"])
+    assert [k["key_id"] for k in status["keys"]] == [kg["key_id"]]
+    pools = status["presignatures"][kg["key_id"]]
+    assert pools["1"] == pools["3"] == {"available": 2, "consumed": 0}
+
+    digest = "ab" * 32
+    code, sig = run(capsys, "sign", "--data-dir", h, "--key", kg["key_id"], "--digest", digest,
+                    "--presig", pre["presignatures"][0], "--signers", "1,3", "--json")
+    assert code == 0 and sig["public_key"] == kg["public_key"] and sig["digest"] == digest
+    code, status = run(capsys, "status", "--data-dir", h, "--json")
+    assert status["presignatures"][kg["key_id"]]["1"] == {"available": 1, "consumed": 1}
+
+    code, down = run(capsys, "down", "--data-dir", h, "--json")
+    assert code == 0 and set(down["stopped"]) == {"party-1", "party-2", "party-3", "nats-server"}
+    code, status = run(capsys, "status", "--data-dir", h, "--json")
+    assert {p["state"] for p in status["parties"]} == {"stopped"} and not status["nats"]["reachable"]
+
+    # post-mortem on a copy of the store files, with nothing running
+    copy = tmp_path / "copied"
+    shutil.copytree(home, copy)
+    code, rep = run(capsys, "replay", sig["execution"], "--data-dir", str(copy), "--json")
+    assert code == 0 and rep["verdict"] == "completed at every participant"
+    assert rep["parties"]["2"] == {"status": "no record"}
+    events = {(e["party"], e["event"]) for e in rep["timeline"]}
+    assert {(1, "Started"), (3, "Started"), (1, "Completed"), (3, "Completed")} <= events
+    assert any(e["event"] == "MessageAccepted" and e["party"] == 1 and e["from"] == 3 for e in rep["timeline"])
+
+
+def test_usage_errors(home, capsys):
+    h = str(home)
+    code, out = run(capsys, "status", "--data-dir", h, "--json")
+    assert code == 2 and "conclave up" in out["error"]
+    code, out = run(capsys, "sign", "--data-dir", h, "--key", "k", "--digest", "00", "--json")
+    assert code == 2 and "32 bytes" in out["error"]
+    Deployment(home).init(parties=3, threshold=2, level="dev-2048", nats_url=None, store=None, round_timeout=5.0,
+                          prime_pool=POOL)
+    code, out = run(capsys, "up", "--data-dir", h, "--parties", "4", "--json")
+    assert code == 2 and "3-party deployment" in out["error"]
+    code, out = run(capsys, "keygen", "--data-dir", h, "--threshold", "4", "--json")
+    assert code == 2 and "threshold" in out["error"]
+
+
+def test_demo_runs_end_to_end(capsys):
+    code, out = run(capsys, "demo", "--security-level", "dev-2048", "--prime-pool", POOL, "--signatures", "2",
+                    "--json")
+    assert code == 0 and out["ok"] and len(out["signatures"]) == 2
+    assert all(s["verified"] for s in out["signatures"])
+    assert not Path(out["data_dir"]).exists()  # the temporary deployment is gone
