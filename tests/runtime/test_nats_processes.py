@@ -420,6 +420,14 @@ def _ceremony_for(token: str, label: str, group_key) -> tuple[str, tuple[int, ..
     return "sign", (1, 2), {"key_id": group_key["key_id"], "digest": digest_of(label)}
 
 
+def _outcome_or_victim_log(cluster, bg) -> CeremonyOutcome:
+    """The background ceremony's outcome; on failure, the victim's log tail goes in the assertion."""
+    try:
+        return bg.result()
+    except CeremonyFailed as exc:
+        raise AssertionError(f"{exc}\n--- party {VICTIM} log ---\n{cluster.log_tail(VICTIM)}") from exc
+
+
 @pytest.mark.parametrize(("token", "point"), CRASH_CASES, ids=[f"{t}:{p}" for t, p in CRASH_CASES])
 def test_crash_and_restart_at_every_round_boundary(cluster, group_key, token, point):
     dep = cluster.dep
@@ -431,10 +439,7 @@ def test_crash_and_restart_at_every_round_boundary(cluster, group_key, token, po
         assert not pid_alive(crashing), f"party {VICTIM} never crashed; ceremony: {bg.error or bg.outcome}"
         died = time.monotonic()
         restarted = cluster.start_party(VICTIM)
-        try:
-            outcome = bg.result()
-        except CeremonyFailed as exc:
-            raise AssertionError(f"{exc}\n--- party {VICTIM} log ---\n{cluster.log_tail(VICTIM)}") from exc
+        outcome = _outcome_or_victim_log(cluster, bg)
     finally:
         cluster.ensure_running(VICTIM, not_pid=crashing)
     assert set(outcome.reports) == set(participants)
@@ -493,10 +498,7 @@ def test_crash_with_a_fetched_batch_in_hand(cluster):
         assert anyio.run(pending_acks, cluster.url, VICTIM) >= 2
         cluster.start_party(VICTIM)
         t0 = time.monotonic()
-        try:
-            outcome = bg.result()
-        except CeremonyFailed as exc:
-            raise AssertionError(f"{exc}\n--- party {VICTIM} log ---\n{cluster.log_tail(VICTIM)}") from exc
+        outcome = _outcome_or_victim_log(cluster, bg)
     finally:
         cluster.ensure_running(VICTIM, not_pid=crashing)
     assert outcome.result["parties"] == [1, 2, 3]
