@@ -28,14 +28,17 @@ pytestmark = pytest.mark.timeout(180)
 
 
 class FlakyStore(PartyStore):
-    """Fails the commits whose sequence is in ``fail_on`` once each, like a database blip."""
+    """Fails the n-th commits of a stream message listed in ``fail_at`` (counting from 1), like a database blip."""
 
-    fail_on: set[int]
+    fail_at: set[int]
+    commits = 0
 
     def save(self, *aggregates, seq=None):
-        if seq is not None and seq in self.fail_on:
-            self.fail_on.discard(seq)
-            raise OSError("simulated database outage")
+        if seq is not None:
+            self.commits += 1
+            if self.commits in self.fail_at:
+                self.fail_at.discard(self.commits)
+                raise OSError("simulated database outage")
         return super().save(*aggregates, seq=seq)
 
 
@@ -56,9 +59,9 @@ def _service(dep: Deployment, i: int, store_cls=PartyStore) -> PartyService:
 def test_a_failed_commit_is_retried_in_order_and_nothing_is_lost(tmp_path, nats_server):
     dep = _deployment(tmp_path, nats_server.url)
     services = {i: _service(dep, i, FlakyStore if i == 2 else PartyStore) for i in (1, 2, 3)}
-    # party 2's commits fail at several stream positions during the keygen; every time, the
+    # party 2's commits fail at several points during the keygen and the sign; every time, the
     # messages already fetched behind the failed one must come back after it, not be skipped
-    services[2].runtime.store.fail_on = {3, 6, 9, 14}
+    services[2].runtime.store.fail_at = {2, 5, 9, 14}
 
     async def main():
         async with anyio.create_task_group() as tg:
@@ -75,7 +78,7 @@ def test_a_failed_commit_is_retried_in_order_and_nothing_is_lost(tmp_path, nats_
         return kg, sg, digest
 
     kg, sg, digest = anyio.run(main)
-    assert services[2].runtime.store.fail_on == set(), "the injected failures did not all happen"
+    assert services[2].runtime.store.fail_at == set(), "the injected failures did not all happen"
     pub = bytes.fromhex(kg.result["public_key"])
     assert ecdsa.verify_digest(pub, digest, int(sg.result["r"], 16), int(sg.result["s"], 16), require_low_s=True)
     assert services[2].runtime.status()["finished"] == {"completed": 2, "aborted": 0}
