@@ -25,7 +25,9 @@ class MemoryBroker:
     cursors: dict[int, int] = field(default_factory=dict)
     down: set[int] = field(default_factory=set)
     on_step: Callable[[int, Step], None] | None = None
+    clock: Callable[[], float] | None = None  # when set, deliveries carry their publish time
     _ids: set[str] = field(default_factory=set)
+    _times: dict[int, float] = field(default_factory=dict)  # seq -> publish time
 
     def add(self, runtime: PartyRuntime) -> None:
         self.parties[runtime.party] = runtime
@@ -38,6 +40,8 @@ class MemoryBroker:
             return
         self._ids.add(out.msg_id)
         self.log.append((len(self.log) + 1, out.subject, out.data))
+        if self.clock is not None:
+            self._times[len(self.log)] = self.clock()
 
     def publish_all(self, outs: list[Outgoing]) -> None:
         for o in outs:
@@ -66,7 +70,7 @@ class MemoryBroker:
                     self.cursors[i] += 1
                     if not self.wants(i, subject):
                         continue
-                    step = rt.handle(data, subject, seq)
+                    step = rt.handle(data, subject, seq, self._times.get(seq))
                     if self.on_step is not None:
                         self.on_step(i, step)
                     self.publish_all(step.outgoing)

@@ -51,6 +51,13 @@ EXPIRE_EVERY = 1.0
 POISON_AFTER = 5  # deliveries of one failing message before it is recorded as rejected and skipped
 
 
+def _published_at(msg) -> float | None:
+    try:
+        return msg.metadata.timestamp.timestamp()
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def status_subject(party: int) -> str:
     return f"conclave.status.{party}"
 
@@ -184,7 +191,8 @@ class PartyService:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat, msg, done)
                 try:
-                    step = await anyio.to_thread.run_sync(self.runtime.handle, msg.data, msg.subject, seq)
+                    step = await anyio.to_thread.run_sync(self.runtime.handle, msg.data, msg.subject, seq,
+                                                          _published_at(msg))
                 finally:
                     done.set()
         except Exception as exc:
@@ -204,6 +212,8 @@ class PartyService:
             return False
         finally:
             self._busy = None
+        if step.reached or step.rejected:
+            self._refresh()  # before the outcome leaves: whoever reads it then sees this state
         self._maybe_crash(step, "after-commit")
         await self._publish_all(js, step.outgoing)
         self._maybe_crash(step, "after-publish")
@@ -211,6 +221,4 @@ class PartyService:
             await msg.ack()
         except Exception as exc:  # redelivery is harmless: the sequence is recorded
             log.info("party %s: ack of seq %s failed: %r", self.runtime.party, seq, exc)
-        if step.reached or step.rejected:
-            self._refresh()
         return True

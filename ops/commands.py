@@ -58,6 +58,9 @@ def cmd_up(args) -> int:
     except DeployError as exc:
         return _fail(args, EXIT_USAGE, str(exc))
     nats_info: dict[str, Any] = {"url": cfg["nats"]["url"], "embedded": cfg["nats"]["embedded"]}
+    if args.nats and cfg["nats"]["embedded"]:
+        return _fail(args, EXIT_USAGE, f"{dep.home} runs its own embedded nats-server; "
+                                       "start a new data directory to use an external one")
     if args.nats and cfg["nats"]["url"] != args.nats:
         dep.set_nats_url(args.nats)
         nats_info["url"] = args.nats

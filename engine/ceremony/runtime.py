@@ -269,8 +269,12 @@ class PartyRuntime:
 
     # -- inbound -------------------------------------------------------------
 
-    def handle(self, raw: bytes, subject: str, seq: int | None) -> Step:
-        """Process one inbound envelope. Never raises for bad input; store errors propagate."""
+    def handle(self, raw: bytes, subject: str, seq: int | None, published_at: float | None = None) -> Step:
+        """Process one inbound envelope. Never raises for bad input; store errors propagate.
+
+        ``published_at`` (the broker's timestamp, Unix seconds) lets a party that was down
+        refuse a ``start`` whose first round deadline passed while it was away.
+        """
         if not self._recovered:
             raise InternalError("recover() must run before handle()")
         if seq is not None and self.store.processed(seq):
@@ -286,7 +290,7 @@ class PartyRuntime:
         if env.sender == self.party:
             return Step()  # our own broadcast, signed by our own key: nothing to learn
         if env.protocol == "ctl" and env.round == "start":
-            return self._start(opened, seq, digest)
+            return self._start(opened, seq, digest, published_at)
         cer = self._ceremony(env.execution)
         if cer is None and env.recipient is None and env.execution not in self._finished:
             # a signed broadcast of a ceremony we never started: one we are not part of
@@ -296,6 +300,10 @@ class PartyRuntime:
             return self._record_rejection(env.execution, seq, reason, env.sender, env.msg_id, digest, subject, len(raw))
         if env.protocol == "ctl" and env.round == "abort":
             return self._peer_abort(cer, opened, seq)
+        if self.clock() > cer.deadline:
+            # we were away past the round deadline: peers have given up, so must we, before
+            # this message could complete a round (and, say, release a signature nobody awaits)
+            return self._expire_one(cer, seq)
         try:
             return self._accept(cer, opened, seq)
         except _Reject as rej:
@@ -352,7 +360,7 @@ class PartyRuntime:
 
     # -- start ---------------------------------------------------------------
 
-    def _start(self, opened: Opened, seq: int | None, digest: bytes) -> Step:
+    def _start(self, opened: Opened, seq: int | None, digest: bytes, published_at: float | None = None) -> Step:
         env = opened.envelope
         ex = env.execution
 
@@ -388,6 +396,19 @@ class PartyRuntime:
                        command_seq=seq, round_timeout=cmd.round_timeout, deadline=now + cmd.round_timeout,
                        trace=dict(env.trace))
         self._running[ex] = cer
+        late = now - published_at if published_at is not None else 0.0
+        if late > cmd.round_timeout:
+            step = self._abort(cer, f"start arrived {late:.0f}s after it was sent, past the {cmd.round_timeout:g}s "
+                                    "round deadline (this party was unavailable)", [], False, notify=False)
+            pid = cmd.params.get("presig_id") if cmd.kind == "sign" else None
+            if pid is not None:
+                # a peer may have spent its share of it already: burn ours too
+                rec = self.store.get(PresignatureRecord, presig_id=pid)
+                rec.consume(execution=ex)
+                step.extra.append(rec)
+            self.store.save(cer, *step.extra, seq=seq)
+            self._after_commit(cer, step)
+            return step
         try:
             step = self._enter_phase(cer, _phases(cmd.kind, cmd.params)[0], carry={})
             if not cer.finished:
@@ -703,15 +724,19 @@ class PartyRuntime:
             cer = self._ceremony(ex)
             if cer is None or cer.finished or now <= cer.deadline:
                 continue
-            missing = cer.missing()
-            where = _token(cer.phase, cer.round) if cer.phase else "start"
-            reason = f"round {where} timed out after {cer.round_timeout:g}s waiting for parties {missing}"
-            more = self._abort(cer, reason, missing, True)
-            self.store.save(cer)
-            self._after_commit(cer, more)
+            more = self._expire_one(cer, None)
             step.outgoing += more.outgoing
             step.reached += more.reached
         return step
+
+    def _expire_one(self, cer: Ceremony, seq: int | None) -> Step:
+        missing = cer.missing()
+        where = _token(cer.phase, cer.round) if cer.phase else "start"
+        reason = f"round {where} timed out after {cer.round_timeout:g}s waiting for parties {missing}"
+        more = self._abort(cer, reason, missing, True)
+        self.store.save(cer, seq=seq)
+        self._after_commit(cer, more)
+        return Step(more.outgoing, more.reached)
 
     def status(self) -> dict[str, Any]:
         now = self.clock()

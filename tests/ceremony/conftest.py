@@ -127,7 +127,7 @@ class Cluster:
             b.cursors[party] += 1
             if not b.wants(party, subject):
                 continue
-            step = b.parties[party].handle(data, subject, seq)
+            step = b.parties[party].handle(data, subject, seq, b._times.get(seq))
             self.steps.append((party, seq, step))
             b.publish_all(step.outgoing)
             return seq, subject, step

@@ -388,6 +388,57 @@ def test_presignature_of_an_aborted_sign_is_never_reused(cluster):
     assert c.stores[1].get(Ceremony, execution="s2") is None
 
 
+def test_a_start_older_than_the_round_deadline_is_refused(cluster):
+    """A party back from downtime finds a start its peers gave up on: it aborts without computing,
+    and burns the presignature its peer already spent, so no signature for it can exist."""
+    c = cluster
+    c.broker.clock = c.clock
+    c.start("p", "presign", (1, 2), {"key_id": KEY_ID})
+    c.run()
+    c.broker.down.add(2)
+    c.start("s", "sign", (1, 2), {"key_id": KEY_ID, "digest": digest_of("late"), "presig_id": "p"}, timeout=10.0)
+    c.run()  # party 1 spends the presignature and sends σ_1
+    c.clock.advance(11.0)
+    c.broker.publish_all(c.rt(1).expire().outgoing)
+    c.broker.down.discard(2)
+    c.run()
+    cer = c.stores[2].get(Ceremony, execution="s")
+    assert cer.status == "aborted" and cer.phase is None and cer.culprits == []
+    assert cer.abort_reason.startswith("start arrived 11s after it was sent")
+    assert not [o for o in c.broker.published if o.msg_id.startswith("s:sign-1:2:")]
+    assert c.stores[2].get(PresignatureRecord, presig_id="p").consumed_by == "s"
+    assert c.stores[2].vault.get("presig:p") is None
+    assert c.rt(2).status()["presignatures"] == {KEY_ID: {"available": 0, "consumed": 1}}
+    assert {o["status"] for o in c.outcomes("s").values()} == {"aborted"}
+
+
+def test_a_message_after_the_deadline_never_completes_a_round(cluster):
+    """Both partial signatures are out, but each reaches its peer only after the round deadline:
+    neither party releases the signature (the coordinator was told the request timed out)."""
+    c = cluster
+    c.start("s", "sign", (1, 2), {"key_id": KEY_ID, "digest": digest_of("too slow")}, timeout=10.0)
+
+    def at_sign1(p: int) -> bool:
+        return [f["round"] for f in c.rt(p).status()["ceremonies"]] == ["sign-1"]
+
+    for _ in range(100):  # run presign, holding back only the σ messages
+        for p in (1, 2):
+            nxt = c.pending(p)
+            if not at_sign1(p) and nxt and ".sign-1." not in nxt[0][1]:
+                c.deliver_next(p)
+        if at_sign1(1) and at_sign1(2):
+            break
+    # both have sent σ_i; each has yet to read the other's
+    assert at_sign1(1) and at_sign1(2)
+    c.clock.advance(11.0)
+    c.run()
+    for p in (1, 2):
+        cer = c.stores[p].get(Ceremony, execution="s")
+        assert cer.status == "aborted" and "timed out" in cer.abort_reason, (p, cer.abort_reason)
+        assert cer.result is None
+    assert {o["status"] for o in c.outcomes("s").values()} == {"aborted"}
+
+
 def test_presignature_is_consumed_in_the_same_commit_as_sigma(cluster):
     c = cluster
     c.start("p", "presign", (1, 2), {"key_id": KEY_ID})

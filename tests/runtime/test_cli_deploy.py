@@ -111,6 +111,8 @@ def test_usage_errors(home, capsys):
     assert code == 2 and "3-party deployment" in out["error"]
     code, out = run(capsys, "keygen", "--data-dir", h, "--threshold", "4", "--json")
     assert code == 2 and "threshold" in out["error"]
+    code, out = run(capsys, "up", "--data-dir", h, "--nats", "nats://127.0.0.1:1", "--json")
+    assert code == 2 and "embedded" in out["error"]
 
 
 def test_demo_runs_end_to_end(capsys):

@@ -649,12 +649,14 @@ class TestPartyGoneForGood:
         assert rep["parties"]["2"]["status"] == "no record"
         assert not _vault_has(dep, 1, f"ceremony:{bg.execution}"), "party 1 kept the aborted ceremony's data key"
 
-        # party 2 comes back, works through the backlog and learns of party 1's abort
+        # party 2 comes back and finds the start in its backlog, older than the round deadline:
+        # it records the ceremony as aborted without computing anything for it
         c.start_party(2)
         wait_until(lambda: c.replay(bg.execution)["parties"]["2"]["status"] == "aborted", 30,
                    "party 2 to record the abort")
         p2 = c.replay(bg.execution)["parties"]["2"]
-        assert "party 1 aborted" in p2["reason"], p2
+        assert "start arrived" in p2["reason"] and p2["round"] is None, p2
+        assert c.tap.published(f"{bg.execution}:presign-1:2:") == []
         assert not _vault_has(dep, 2, f"ceremony:{bg.execution}")
         wait_until(lambda: c.status()["ceremonies"] == [], 30, "no ceremony in flight")
         st = c.status()
@@ -681,7 +683,10 @@ class TestPartyGoneForGood:
 
         c.start_party(2)
         wait_until(lambda: c.status()["ceremonies"] == [], 30, "party 2 to work through its backlog")
-        assert c.replay(first.execution)["parties"]["2"]["status"] in ("completed", "aborted")
+        # the start was stale by then: party 2 aborts without a partial signature, so no
+        # signature for the aborted request exists anywhere
+        assert c.replay(first.execution)["parties"]["2"]["status"] == "aborted"
+        assert c.tap.published(f"{first.execution}:sign-1:2:") == []
         pools = c.status()["presignatures"][key["key_id"]]
         assert pools["1"] == pools["2"] == {"available": 0, "consumed": 1}, pools
         assert not _vault_has(dep, 2, f"presig:{presig}")
