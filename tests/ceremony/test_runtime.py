@@ -11,15 +11,17 @@ from typing import Any
 import msgpack
 import pytest
 
-from engine.ceremony.runtime import Outgoing, control_subject
+from engine.ceremony.runtime import Command, Outgoing, control_subject, start_envelope
 from engine.ceremony.store import Ceremony, KeyShareRecord, PartyStore, PresignatureRecord
 from engine.crypto import ecdsa
 from engine.crypto.group import SYSTEM_RNG
 from engine.protocols import keygen
 from schemas.codec import packb, unpackb
 from schemas.envelope import Identity, open_envelope, peek, seal
+from schemas.envelope import COORDINATOR, peek
 from tests.ceremony.conftest import (
     KEY_ID,
+    LEVEL,
     PARTIES,
     Cluster,
     assert_no_conflicting_publishes,
@@ -548,3 +550,17 @@ def test_start_rejections(cluster):
         assert len(events_of(c.stores[p])) == events_before[p] + want
         assert c.rt(p).status()["rejected_messages"] == want
         assert c.rt(p).status()["ceremonies"] == []
+
+
+def test_every_envelope_carries_the_coordinators_trace_context(cluster):
+    """The trace context of the start command rides in every envelope the parties send for it."""
+    c = cluster
+    parent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    out = start_envelope(c.ids[COORDINATOR], c.roster, "traced",
+                         Command("sign", (1, 3), {"key_id": KEY_ID, "digest": digest_of("traced")}, LEVEL, 60.0),
+                         trace=parent)
+    c.broker.publish(out)
+    c.run()
+    sent = [o for o in c.broker.published if o.msg_id.startswith("traced:")]
+    assert {o.msg_id.split(":")[1] for o in sent} >= {"presign-1", "presign-2", "presign-3", "sign-1", "out"}
+    assert all(peek(o.data).trace == parent for o in sent)
