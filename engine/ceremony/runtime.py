@@ -617,7 +617,7 @@ class PartyRuntime:
 
     def _outcome(self, cer: Ceremony, body: dict[str, Any]) -> Outgoing:
         data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="out",
-                    recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False)
+                    recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False, trace=cer.trace)
         return Outgoing(outcome_subject(cer.execution, self.party), data, f"{cer.execution}:out:{self.party}:all")
 
     def _abort(self, cer: Ceremony, reason: str, culprits: list[int], attributable: bool,
@@ -628,7 +628,8 @@ class PartyRuntime:
         out: list[Outgoing] = []
         if notify:
             data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="abort",
-                        recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False)
+                        recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False,
+                        trace=cer.trace)
             out.append(Outgoing(control_subject(cer.execution, "abort"), data, f"{cer.execution}:abort:{self.party}:all"))
         out.append(self._outcome(cer, {"status": "aborted", "kind": cer.kind, **body}))
         cer.abort(reason=reason, culprits=culprits, phase=cer.phase, round=cer.round, attributable=attributable,
