@@ -48,7 +48,7 @@ log = logging.getLogger("conclave.party")
 
 CRASH_ENV = "CONCLAVE_CRASH_AT"  # fault injection for tests: "<round token>:<after-commit|after-publish>"
 EXPIRE_EVERY = 1.0
-POISON_AFTER = 5  # deliveries of one failing message before it is recorded as rejected and skipped
+POISON_AFTER = 5  # failed attempts at one message before it is recorded as rejected and skipped
 
 
 def _published_at(msg) -> float | None:
@@ -77,6 +77,7 @@ class PartyService:
         self._busy: str | None = None
         self._started = time.time()
         self._me = str(runtime.party)
+        self._failures: dict[int, int] = {}  # stream sequence -> failed attempts
 
     # -- fault injection --
     def _maybe_crash(self, step: Step, point: str) -> None:
@@ -187,19 +188,28 @@ class PartyService:
             return True
         self._busy = msg.subject
         done = anyio.Event()
+        failure: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat, msg, done)
                 try:
                     step = await anyio.to_thread.run_sync(self.runtime.handle, msg.data, msg.subject, seq,
                                                           _published_at(msg))
+                except Exception as exc:  # kept out of the task group's exception group
+                    failure = exc
                 finally:
                     done.set()
-        except Exception as exc:
+        finally:
+            self._busy = None
+        if failure is not None:
+            exc = failure
             # a store failure: do not ack, do not read past it (sequence order matters)
-            log.exception("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq)
+            log.error("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq,
+                      exc_info=exc)
             self.runtime.reset_cache()
-            if msg.metadata.num_delivered >= POISON_AFTER:
+            # counted here: a rewound consumer starts its own delivery counts afresh
+            self._failures[seq] = self._failures.get(seq, 0) + 1
+            if self._failures[seq] >= POISON_AFTER:
                 # the same message keeps failing: record it and move on rather than stall every ceremony
                 try:
                     await anyio.to_thread.run_sync(self.runtime.quarantine, msg.data, msg.subject, seq,
@@ -210,8 +220,7 @@ class PartyService:
                     log.exception("party %s: could not record seq %s as rejected either", self.runtime.party, seq)
             await anyio.sleep(1.0)
             return False
-        finally:
-            self._busy = None
+        self._failures.pop(seq, None)
         if step.reached or step.rejected:
             self._refresh()  # before the outcome leaves: whoever reads it then sees this state
         self._maybe_crash(step, "after-commit")

@@ -18,7 +18,7 @@ from engine.ceremony.runtime import PartyRuntime
 from engine.ceremony.store import PartyStore, StoreConfig
 from engine.crypto import ecdsa
 from handlers.party import PartyService
-from ops.client import Coordinator
+from ops.client import CeremonyFailed, Coordinator
 from ops.deploy import Deployment
 from ops.party import prime_source
 
@@ -42,10 +42,10 @@ class FlakyStore(PartyStore):
         return super().save(*aggregates, seq=seq)
 
 
-def _deployment(tmp_path: Path, url: str) -> Deployment:
+def _deployment(tmp_path: Path, url: str, round_timeout: float = 30.0) -> Deployment:
     dep = Deployment(tmp_path / "home")
     dep.init(parties=3, threshold=2, level="dev-2048", nats_url=url, store={"kind": "memory"},
-             round_timeout=30.0, prime_pool=str(POOL))
+             round_timeout=round_timeout, prime_pool=str(POOL))
     return dep
 
 
@@ -82,3 +82,42 @@ def test_a_failed_commit_is_retried_in_order_and_nothing_is_lost(tmp_path, nats_
     pub = bytes.fromhex(kg.result["public_key"])
     assert ecdsa.verify_digest(pub, digest, int(sg.result["r"], 16), int(sg.result["s"], 16), require_low_s=True)
     assert services[2].runtime.status()["finished"] == {"completed": 2, "aborted": 0}
+
+
+def test_a_message_that_always_fails_is_recorded_and_skipped(tmp_path, nats_server):
+    """A message the party can never process (a bug, say) must not wedge it: after a few attempts
+    it is recorded as rejected, that ceremony runs into its deadline, and later ones work."""
+    dep = _deployment(tmp_path, nats_server.url, round_timeout=4.0)
+    services = {i: _service(dep, i) for i in (1, 2, 3)}
+    victim = services[2].runtime
+    real_handle = victim.handle
+    poisoned: list[int] = []
+
+    def handle(raw, subject, seq, published_at=None):
+        if ".keygen-2." in subject and (not poisoned or poisoned[0] == seq):
+            poisoned[:1] = [seq]
+            raise RuntimeError("cannot process this one")
+        return real_handle(raw, subject, seq, published_at)
+
+    victim.handle = handle
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            for s in services.values():
+                tg.start_soon(s.run)
+            for s in services.values():
+                await s.ready.wait()
+            async with Coordinator(dep) as c:
+                with pytest.raises(CeremonyFailed) as first:
+                    await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=60)
+                second = await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=60)
+            for s in services.values():
+                s.stop.set()
+        return first.value, second
+
+    first, second = anyio.run(main)
+    assert first.status == "aborted" and "timed out" in first.reason
+    assert second.result["parties"] == [1, 2, 3]
+    reasons = [e.reason for e in victim.store.all_events() if type(e).__qualname__ == "Rejection.Recorded"]
+    assert reasons.count("could not be processed: RuntimeError") == 1, reasons
+    assert victim.store.processed(poisoned[0])
