@@ -202,10 +202,9 @@ class PartyService:
         finally:
             self._busy = None
         if failure is not None:
-            exc = failure
             # a store failure: do not ack, do not read past it (sequence order matters)
             log.error("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq,
-                      exc_info=exc)
+                      exc_info=failure)
             self.runtime.reset_cache()
             # counted here: a rewound consumer starts its own delivery counts afresh
             self._failures[seq] = self._failures.get(seq, 0) + 1
@@ -213,7 +212,7 @@ class PartyService:
                 # the same message keeps failing: record it and move on rather than stall every ceremony
                 try:
                     await anyio.to_thread.run_sync(self.runtime.quarantine, msg.data, msg.subject, seq,
-                                                   type(exc).__name__)
+                                                   type(failure).__name__)
                     await msg.ack()
                     return True
                 except Exception:
