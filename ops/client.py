@@ -144,6 +144,24 @@ class Coordinator:
             self._check_signature(execution, result, params["digest"])
         return CeremonyOutcome(execution, kind, result, seconds, reports)
 
+    async def abort(self, execution: str, reason: str, wait: float = 5.0) -> dict[int, dict]:
+        """Ask every party to abandon ``execution``; return the outcomes that arrive within ``wait`` s.
+
+        Parties that finished it already keep their result (their earlier outcome is returned);
+        parties that never heard of it ignore the request.
+        """
+        reports: dict[int, dict] = {}
+        async with subscribe_outcomes(self.js, execution) as outcomes:
+            ab = abort_envelope(self.identity, self.roster, execution, reason)
+            await publish(self.js, ab.subject, ab.data, ab.msg_id)
+            with anyio.move_on_after(wait):
+                while True:
+                    party, raw = await outcomes.next()
+                    report = self._open(raw, party)
+                    if report is not None:
+                        reports.setdefault(party, report)
+        return reports
+
     def _open(self, raw: bytes, party: int) -> dict | None:
         try:
             opened = open_envelope(raw, self.roster, self.identity)

@@ -318,6 +318,31 @@ def cmd_sign(args) -> int:
     return EXIT_OK
 
 
+def cmd_abort(args) -> int:
+    from ops.client import Coordinator
+
+    dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}")
+
+    async def go():
+        async with Coordinator(dep, url=args.nats) as c:
+            return await c.abort(args.execution, args.reason, wait=args.wait)
+
+    try:
+        reports = anyio.run(go)
+    except TimeoutError:
+        return _fail(args, EXIT_UNAVAILABLE, "cannot reach the NATS server")
+    out = {"execution": args.execution,
+           "parties": {str(p): {k: r.get(k) for k in ("status", "reason") if k in r} for p, r in sorted(reports.items())}}
+    lines = [f"abort requested for {args.execution}"]
+    lines += [f"  party {p}: {r.get('status')}: {r.get('reason', '')}" for p, r in sorted(reports.items())]
+    if not reports:
+        lines.append("  no party reported on it (unknown execution, or every participant is down)")
+    _emit(args, out, "\n".join(lines))
+    return EXIT_OK
+
+
 def cmd_replay(args) -> int:
     from ops.replay import render, replay
 
@@ -375,6 +400,13 @@ def configure(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--nats")
     sg.add_argument("--timeout", type=float)
     sg.set_defaults(func=cmd_sign)
+
+    ab = common(sub.add_parser("abort", help="ask every party to abandon a ceremony (secrets destroyed)"))
+    ab.add_argument("execution")
+    ab.add_argument("--reason", default="aborted by the operator")
+    ab.add_argument("--wait", type=float, default=5.0, help="seconds to collect the parties' reports")
+    ab.add_argument("--nats")
+    ab.set_defaults(func=cmd_abort)
 
     rp = common(sub.add_parser("replay", help="timeline of one ceremony across every party's store"))
     rp.add_argument("execution")

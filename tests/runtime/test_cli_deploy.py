@@ -121,3 +121,40 @@ def test_demo_runs_end_to_end(capsys):
     assert code == 0 and out["ok"] and len(out["signatures"]) == 2
     assert all(s["verified"] for s in out["signatures"])
     assert not Path(out["data_dir"]).exists()  # the temporary deployment is gone
+
+
+def test_operator_aborts_a_stalled_ceremony(home, capsys):
+    import subprocess
+    import sys
+
+    h = str(home)
+    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL,
+                   "--round-timeout", "120", "--json")
+    code, kg = run(capsys, "keygen", "--data-dir", h, "--json")
+    assert code == 0
+    dep = Deployment(home)
+    dep.stop_pid(dep.party_pid(2))  # party 2 is gone: the sign below stalls in its first round
+    sign = subprocess.Popen([sys.executable, "-m", "ops.cli", "sign", "--data-dir", h, "--key", kg["key_id"],
+                             "--digest", "cd" * 32, "--signers", "1,2", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        flights = []
+        while not flights and time.monotonic() < deadline:
+            time.sleep(0.2)
+            flights = run(capsys, "status", "--data-dir", h, "--json")[1]["ceremonies"]
+        assert flights, "the sign never showed up as in flight"
+        execution = flights[0]["execution"]
+        assert flights[0]["parties"]["1"]["waiting_for"] == [2]
+
+        code, ab = run(capsys, "abort", execution, "--data-dir", h, "--reason", "party 2 is being replaced",
+                       "--wait", "3", "--json")
+        assert code == 0 and ab["parties"]["1"]["status"] == "aborted"
+        assert "coordinator aborted: party 2 is being replaced" in ab["parties"]["1"]["reason"]
+        out, _ = sign.communicate(timeout=30)
+    finally:
+        sign.kill()
+    assert sign.returncode == 3 and json.loads(out)["status"] == "aborted"
+    code, rep = run(capsys, "replay", execution, "--data-dir", h, "--json")
+    assert rep["parties"]["1"]["status"] == "aborted" and rep["parties"]["2"] == {"status": "no record"}
+    assert run(capsys, "status", "--data-dir", h, "--json")[1]["ceremonies"] == []
