@@ -235,41 +235,36 @@ def cmd_keygen(args) -> int:
     return EXIT_OK
 
 
-def _signers(args, dep: Deployment, key: dict | None, threshold: int) -> tuple[int, ...]:
+def _key_and_signers(args, dep: Deployment) -> tuple[dict, tuple[int, ...]]:
+    """The key's public record and the signers: ``--signers``, or the first t holders that answer."""
+    st = anyio.run(_gather_status, dep)
+    alive = [p["id"] for p in st["parties"] if p["state"] in ("idle", "busy")]
+    if not alive:
+        raise DeployError("no party is running: start them with `conclave up`")
+    key = next((k for k in st["keys"] if k["key_id"] == args.key), None)
+    if key is None:
+        raise DeployError(f"no running party knows key {args.key!r} (parties up: {alive})")
+    t = key["threshold"]
     if args.signers:
         try:
-            ids = tuple(sorted(int(x) for x in args.signers.split(",") if x.strip()))
+            ids = tuple(sorted({int(x) for x in args.signers.split(",") if x.strip()}))
         except ValueError:
             raise DeployError("--signers takes comma-separated party ids, for example 1,3") from None
-        if len(ids) != threshold:
-            raise DeployError(f"--signers must name exactly {threshold} parties")
-        return ids
-    # the first t parties that answer a status ping
-    alive = []
-    st = anyio.run(_gather_status, dep)
-    for p in st["parties"]:
-        if p["state"] in ("idle", "busy"):
-            alive.append(p["id"])
-    holders = key["parties"] if key else dep.party_ids()
-    chosen = [i for i in alive if i in holders][:threshold]
-    if len(chosen) < threshold:
-        raise DeployError(f"only parties {alive} are up; {threshold} signers are needed")
-    return tuple(chosen)
-
-
-def _key(dep: Deployment, key_id: str) -> dict:
-    st = anyio.run(_gather_status, dep)
-    for k in st["keys"]:
-        if k["key_id"] == key_id:
-            return k
-    raise DeployError(f"no running party knows key {key_id!r}")
+        if len(ids) != t or not set(ids) <= set(key["parties"]):
+            raise DeployError(f"--signers must name exactly {t} of the key's parties {key['parties']}")
+        return key, ids
+    chosen = [i for i in alive if i in key["parties"]][:t]
+    if len(chosen) < t:
+        raise DeployError(f"only parties {alive} are up; {t} signers are needed")
+    return key, tuple(chosen)
 
 
 def cmd_presign(args) -> int:
     dep = _dep(args)
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
     try:
-        key = _key(dep, args.key)
-        signers = _signers(args, dep, key, key["threshold"])
+        key, signers = _key_and_signers(args, dep)
     except DeployError as exc:
         return _fail(args, EXIT_USAGE, str(exc))
     made = []
@@ -295,9 +290,10 @@ def cmd_sign(args) -> int:
         return _fail(args, EXIT_USAGE, "--digest must be hex")
     if len(digest) != 32:
         return _fail(args, EXIT_USAGE, f"--digest must be 32 bytes (64 hex digits), got {len(digest)}")
+    if not dep.exists():
+        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
     try:
-        key = _key(dep, args.key)
-        signers = _signers(args, dep, key, key["threshold"])
+        key, signers = _key_and_signers(args, dep)
     except DeployError as exc:
         return _fail(args, EXIT_USAGE, str(exc))
     params: dict[str, Any] = {"key_id": args.key, "digest": digest}
