@@ -158,3 +158,41 @@ def test_operator_aborts_a_stalled_ceremony(home, capsys):
     code, rep = run(capsys, "replay", execution, "--data-dir", h, "--json")
     assert rep["parties"]["1"]["status"] == "aborted" and rep["parties"]["2"] == {"status": "no record"}
     assert run(capsys, "status", "--data-dir", h, "--json")[1]["ceremonies"] == []
+
+
+PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+@pytest.fixture
+def pg_schema():
+    import uuid
+
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
+    schema = f"conclave_test_{uuid.uuid4().hex[:16]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+def test_parties_on_postgresql(home, capsys, pg_schema):
+    """The same deployment with every party's events in PostgreSQL instead of SQLite files."""
+    h = str(home)
+    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL,
+                   "--postgres", PG_DSN, "--postgres-schema", pg_schema, "--json")
+    assert code == 0
+    code, kg = run(capsys, "keygen", "--data-dir", h, "--json")
+    assert code == 0
+    code, sig = run(capsys, "sign", "--data-dir", h, "--key", kg["key_id"], "--digest", "ef" * 32, "--json")
+    assert code == 0 and sig["public_key"] == kg["public_key"]
+    assert not list(home.glob("party-*/events.sqlite")), "events went to SQLite files"
+    run(capsys, "down", "--data-dir", h, "--json")
+    code, rep = run(capsys, "replay", sig["execution"], "--data-dir", h, "--json")
+    assert rep["verdict"] == "completed at every participant"
