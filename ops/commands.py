@@ -26,6 +26,26 @@ def _dep(args) -> Deployment:
     return Deployment(Path(args.data_dir) if args.data_dir else default_home())
 
 
+def _existing(args) -> Deployment:
+    """The deployment named by ``--data-dir``; DeployError if `conclave up` never made one there."""
+    dep = _dep(args)
+    if not dep.exists():
+        raise DeployError(f"no deployment in {dep.home}: run `conclave up`")
+    return dep
+
+
+def _usage_errors(func):
+    """Report a DeployError as bad usage (exit 2), with --json honoured."""
+
+    def run(args) -> int:
+        try:
+            return func(args)
+        except DeployError as exc:
+            return _fail(args, EXIT_USAGE, str(exc))
+
+    return run
+
+
 def _emit(args, obj: dict[str, Any], human: str) -> None:
     print(json.dumps(obj) if args.json else human)
 
@@ -102,9 +122,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}")
+    dep = _existing(args)
     stopped = []
     for i in dep.party_ids():
         if dep.stop_pid(dep.party_pid(i)):
@@ -164,9 +182,7 @@ async def _gather_status(dep: Deployment) -> dict[str, Any]:
 
 
 def cmd_status(args) -> int:
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
+    dep = _existing(args)
     st = anyio.run(_gather_status, dep)
     lines = [f"data dir {st['data_dir']}  level {st['level']}",
              f"nats {st['nats']['url']} ({'reachable' if st['nats']['reachable'] else 'UNREACHABLE'})"]
@@ -188,9 +204,7 @@ def cmd_status(args) -> int:
 def _run(args, kind: str, participants, params, **kw) -> tuple[int, Any]:
     from ops.client import CeremonyFailed, Coordinator
 
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`"), None
+    dep = _existing(args)
 
     def report(party: int, rep: dict) -> None:
         if not args.json:
@@ -215,9 +229,7 @@ def _run(args, kind: str, participants, params, **kw) -> tuple[int, Any]:
 
 
 def cmd_keygen(args) -> int:
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
+    dep = _existing(args)
     cfg = dep.config()
     n = args.parties or cfg["parties"]
     t = args.threshold or cfg["threshold"]
@@ -260,13 +272,8 @@ def _key_and_signers(args, dep: Deployment) -> tuple[dict, tuple[int, ...]]:
 
 
 def cmd_presign(args) -> int:
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
-    try:
-        key, signers = _key_and_signers(args, dep)
-    except DeployError as exc:
-        return _fail(args, EXIT_USAGE, str(exc))
+    dep = _existing(args)
+    key, signers = _key_and_signers(args, dep)
     made = []
     t0 = time.perf_counter()
     for n in range(args.count):
@@ -283,19 +290,14 @@ def cmd_presign(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    dep = _dep(args)
     try:
         digest = bytes.fromhex(args.digest.removeprefix("0x"))
     except ValueError:
         return _fail(args, EXIT_USAGE, "--digest must be hex")
     if len(digest) != 32:
         return _fail(args, EXIT_USAGE, f"--digest must be 32 bytes (64 hex digits), got {len(digest)}")
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}: run `conclave up`")
-    try:
-        key, signers = _key_and_signers(args, dep)
-    except DeployError as exc:
-        return _fail(args, EXIT_USAGE, str(exc))
+    dep = _existing(args)
+    key, signers = _key_and_signers(args, dep)
     params: dict[str, Any] = {"key_id": args.key, "digest": digest}
     if args.presig:
         params["presig_id"] = args.presig
@@ -317,9 +319,7 @@ def cmd_sign(args) -> int:
 def cmd_abort(args) -> int:
     from ops.client import Coordinator
 
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}")
+    dep = _existing(args)
 
     async def go():
         async with Coordinator(dep, url=args.nats) as c:
@@ -342,9 +342,7 @@ def cmd_abort(args) -> int:
 def cmd_replay(args) -> int:
     from ops.replay import render, replay
 
-    dep = _dep(args)
-    if not dep.exists():
-        return _fail(args, EXIT_USAGE, f"no deployment in {dep.home}")
+    dep = _existing(args)
     report = replay(dep, args.execution)
     _emit(args, report, render(report))
     return EXIT_OK
@@ -365,20 +363,20 @@ def configure(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--postgres-schema", help="schema for the PostgreSQL tables")
     up.add_argument("--round-timeout", type=float, default=120.0, help="seconds a party waits for a round")
     up.add_argument("--prime-pool", metavar="FILE", help="pregenerated safe primes (tests and demos only)")
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=_usage_errors(cmd_up))
 
     down = common(sub.add_parser("down", help="stop what `conclave up` started"))
-    down.set_defaults(func=cmd_down)
+    down.set_defaults(func=_usage_errors(cmd_down))
 
     status = common(sub.add_parser("status", help="parties, keys, ceremonies in flight, presignature counts"))
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=_usage_errors(cmd_status))
 
     kg = common(sub.add_parser("keygen", help="distributed key generation over NATS"))
     kg.add_argument("--threshold", type=int)
     kg.add_argument("--parties", type=int)
     kg.add_argument("--nats", help="override the deployment's NATS URL")
     kg.add_argument("--timeout", type=float, help="give up after this many seconds")
-    kg.set_defaults(func=cmd_keygen)
+    kg.set_defaults(func=_usage_errors(cmd_keygen))
 
     ps = common(sub.add_parser("presign", help="make presignatures for a key"))
     ps.add_argument("--key", required=True)
@@ -386,7 +384,7 @@ def configure(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--signers", help="comma-separated party ids (default: the first t that are up)")
     ps.add_argument("--nats")
     ps.add_argument("--timeout", type=float)
-    ps.set_defaults(func=cmd_presign)
+    ps.set_defaults(func=_usage_errors(cmd_presign))
 
     sg = common(sub.add_parser("sign", help="sign a 32-byte digest over NATS"))
     sg.add_argument("--key", required=True)
@@ -395,15 +393,15 @@ def configure(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--presig", help="use this presignature (default: presign now)")
     sg.add_argument("--nats")
     sg.add_argument("--timeout", type=float)
-    sg.set_defaults(func=cmd_sign)
+    sg.set_defaults(func=_usage_errors(cmd_sign))
 
     ab = common(sub.add_parser("abort", help="ask every party to abandon a ceremony (secrets destroyed)"))
     ab.add_argument("execution")
     ab.add_argument("--reason", default="aborted by the operator")
     ab.add_argument("--wait", type=float, default=5.0, help="seconds to collect the parties' reports")
     ab.add_argument("--nats")
-    ab.set_defaults(func=cmd_abort)
+    ab.set_defaults(func=_usage_errors(cmd_abort))
 
     rp = common(sub.add_parser("replay", help="timeline of one ceremony across every party's store"))
     rp.add_argument("execution")
-    rp.set_defaults(func=cmd_replay)
+    rp.set_defaults(func=_usage_errors(cmd_replay))

@@ -9,6 +9,7 @@ delivered.
 from __future__ import annotations
 
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -56,6 +57,21 @@ def _service(dep: Deployment, i: int, store_cls=PartyStore) -> PartyService:
     return PartyService(runtime, dep.config()["nats"]["url"])
 
 
+@asynccontextmanager
+async def running(services: dict[int, PartyService]):
+    """The services, started and ready; stopped when the block ends."""
+    async with anyio.create_task_group() as tg:
+        for s in services.values():
+            tg.start_soon(s.run)
+        try:
+            for s in services.values():
+                await s.ready.wait()
+            yield
+        finally:
+            for s in services.values():
+                s.stop.set()
+
+
 def test_a_failed_commit_is_retried_in_order_and_nothing_is_lost(tmp_path, nats_server):
     dep = _deployment(tmp_path, nats_server.url)
     services = {i: _service(dep, i, FlakyStore if i == 2 else PartyStore) for i in (1, 2, 3)}
@@ -64,17 +80,10 @@ def test_a_failed_commit_is_retried_in_order_and_nothing_is_lost(tmp_path, nats_
     services[2].runtime.store.fail_at = {2, 5, 9, 14}
 
     async def main():
-        async with anyio.create_task_group() as tg:
-            for s in services.values():
-                tg.start_soon(s.run)
-            for s in services.values():
-                await s.ready.wait()
-            async with Coordinator(dep) as c:
-                kg = await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=120)
-                digest = os.urandom(32)
-                sg = await c.run("sign", (1, 2), {"key_id": kg.result["key_id"], "digest": digest}, timeout=60)
-            for s in services.values():
-                s.stop.set()
+        async with running(services), Coordinator(dep) as c:
+            kg = await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=120)
+            digest = os.urandom(32)
+            sg = await c.run("sign", (1, 2), {"key_id": kg.result["key_id"], "digest": digest}, timeout=60)
         return kg, sg, digest
 
     kg, sg, digest = anyio.run(main)
@@ -102,17 +111,10 @@ def test_a_message_that_always_fails_is_recorded_and_skipped(tmp_path, nats_serv
     victim.handle = handle
 
     async def main():
-        async with anyio.create_task_group() as tg:
-            for s in services.values():
-                tg.start_soon(s.run)
-            for s in services.values():
-                await s.ready.wait()
-            async with Coordinator(dep) as c:
-                with pytest.raises(CeremonyFailed) as first:
-                    await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=60)
-                second = await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=60)
-            for s in services.values():
-                s.stop.set()
+        async with running(services), Coordinator(dep) as c:
+            with pytest.raises(CeremonyFailed) as first:
+                await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=60)
+            second = await c.run("keygen", (1, 2, 3), {"threshold": 2}, timeout=60)
         return first.value, second
 
     first, second = anyio.run(main)
