@@ -33,6 +33,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from schemas import subjects
+
 __all__ = [
     "MPC_STREAM",
     "MPC_SUBJECTS",
@@ -132,13 +134,13 @@ def mpc_subject(execution: str, round_name: str, to: int | None) -> str:
 
     Raises ValueError for tokens containing ``.``, wildcards or whitespace.
     """
-    target = "all" if to is None else str(_party_id(to))
-    return f"conclave.mpc.{_token(execution, 'execution')}.{_token(round_name, 'round')}.{target}"
+    return subjects.mpc_subject(_token(execution, "execution"), _token(round_name, "round"),
+                                None if to is None else _party_id(to))
 
 
 def outcome_subject(execution: str, party: int) -> str:
     """``conclave.out.<execution>.<party>``. Raises ValueError on a bad token."""
-    return f"conclave.out.{_token(execution, 'execution')}.{_party_id(party)}"
+    return subjects.outcome_subject(_token(execution, "execution"), _party_id(party))
 
 
 # --------------------------------------------------------------------------- connect

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from schemas.subjects import EXECUTION_ID, message_id, mpc_subject
+
 __all__ = [
     "ENVELOPE_VERSION", "MAX_ENVELOPE_BYTES", "COORDINATOR", "EnvelopeError", "PeerKeys", "Roster",
     "Identity", "Envelope", "Opened", "seal", "open_envelope", "peek",
@@ -41,7 +43,7 @@ COORDINATOR = 0
 MAX_PARTY = 10_000
 
 _FIELDS = ("v", "protocol", "execution", "round", "sender", "recipient", "body", "sealed", "trace", "sig")
-_EXECUTION_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")
+_EXECUTION_RE = EXECUTION_ID
 _TOKEN_RE = re.compile(r"[a-z0-9-]{1,32}")
 # Trace context ends up in log and span headers: keep it small and printable.
 _TRACE_MAX_ENTRIES = 8
@@ -187,11 +189,11 @@ class Envelope:
 
     @property
     def subject(self) -> str:
-        return f"conclave.mpc.{self.execution}.{self.round}.{_to(self.recipient)}"
+        return mpc_subject(self.execution, self.round, self.recipient)
 
     @property
     def msg_id(self) -> str:
-        return f"{self.execution}:{self.round}:{self.sender}:{_to(self.recipient)}"
+        return message_id(self.execution, self.round, self.sender, self.recipient)
 
     def signing_digest(self) -> bytes:
         canonical = msgpack.packb(
@@ -200,10 +202,6 @@ class Envelope:
             use_bin_type=True,
         )
         return hashlib.sha256(_SIG_TAG + _SIG_TAG + canonical).digest()
-
-
-def _to(recipient: int | None) -> str:
-    return "all" if recipient is None else str(recipient)
 
 
 def _field_problem(e: Envelope) -> str | None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,9 +57,10 @@ from engine.ceremony.store import (
     seal_secret,
 )
 from schemas.codec import DecodeError, packb, unpackb
+from schemas.subjects import execution_of, message_id, mpc_subject, outcome_subject
 from schemas.envelope import COORDINATOR, EnvelopeError, Identity, Opened, Roster, open_envelope, seal
 
-__all__ = ["PartyRuntime", "Outgoing", "Step", "Command", "KINDS", "outcome_subject", "control_subject"]
+__all__ = ["PartyRuntime", "Outgoing", "Step", "Command", "KINDS"]
 
 log = logging.getLogger("conclave.party")
 
@@ -68,17 +68,8 @@ KINDS = ("keygen", "presign", "sign")
 PHASES = {"keygen": keygen, "aux": aux_info, "presign": presign, "sign": sign}
 DEFAULT_ROUND_TIMEOUT = 120.0
 RESEND_FINISHED_WITHIN = 3600.0  # the broker's duplicate window: older resends would not be deduplicated
-_EXECUTION = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 PrimeSource = Callable[[int], int]
-
-
-def outcome_subject(execution: str, party: int) -> str:
-    return f"conclave.out.{execution}.{party}"
-
-
-def control_subject(execution: str, what: str) -> str:
-    return f"conclave.mpc.{execution}.{what}.all"
 
 
 @dataclass(frozen=True)
@@ -280,7 +271,7 @@ class PartyRuntime:
         if seq is not None and self.store.processed(seq):
             return Step(duplicate_delivery=True)
         digest = hashlib.sha256(raw).digest()
-        execution = self._subject_execution(subject)
+        execution = execution_of(subject)
         try:
             opened = open_envelope(raw, self.roster, self.identity, subject=subject)
         except EnvelopeError as exc:
@@ -321,12 +312,6 @@ class PartyRuntime:
         self.reset_cache()
         return self._record_rejection(None, seq, f"could not be processed: {reason}", None, None,
                                       hashlib.sha256(raw).digest(), subject, len(raw))
-
-    def _subject_execution(self, subject: str) -> str | None:
-        parts = subject.split(".")
-        if len(parts) == 5 and parts[:2] == ["conclave", "mpc"] and _EXECUTION.match(parts[2]):
-            return parts[2]
-        return None
 
     def _ceremony(self, execution: str) -> Ceremony | None:
         if execution not in self._running:
@@ -375,7 +360,8 @@ class PartyRuntime:
             body = {"status": "rejected", "reason": reason}
             data = seal(self.identity, self.roster, protocol="ctl", execution=ex, round="out", recipient=None,
                         body=msgpack.packb(body, use_bin_type=True), confidential=False)
-            step.outgoing.append(Outgoing(outcome_subject(ex, self.party), data, f"{ex}:rejected:{self.party}:all"))
+            step.outgoing.append(Outgoing(outcome_subject(ex, self.party), data,
+                                          message_id(ex, "rejected", self.party, None)))
             return step
 
         if env.sender != COORDINATOR:
@@ -523,12 +509,11 @@ class PartyRuntime:
         return _StepX(outgoing=outbox, reached=[_token(phase, round_)])
 
     def _envelope(self, cer: Ceremony, m: Msg) -> Outgoing:
-        data = seal(self.identity, self.roster, protocol=m.protocol, execution=cer.execution,
-                    round=_token(m.protocol, m.round), recipient=m.recipient, body=packb(m),
-                    confidential=m.confidential, trace=cer.trace)
-        to = "all" if m.recipient is None else str(m.recipient)
-        return Outgoing(f"conclave.mpc.{cer.execution}.{_token(m.protocol, m.round)}.{to}", data,
-                        f"{cer.execution}:{_token(m.protocol, m.round)}:{self.party}:{to}")
+        round_ = _token(m.protocol, m.round)
+        data = seal(self.identity, self.roster, protocol=m.protocol, execution=cer.execution, round=round_,
+                    recipient=m.recipient, body=packb(m), confidential=m.confidential, trace=cer.trace)
+        return Outgoing(mpc_subject(cer.execution, round_, m.recipient), data,
+                        message_id(cer.execution, round_, self.party, m.recipient))
 
     def _advance(self, cer: Ceremony, prior: Sequence[Outgoing] = ()) -> _StepX:
         """Run rounds while the current round's inbox is complete."""
@@ -618,7 +603,8 @@ class PartyRuntime:
     def _outcome(self, cer: Ceremony, body: dict[str, Any]) -> Outgoing:
         data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="out",
                     recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False, trace=cer.trace)
-        return Outgoing(outcome_subject(cer.execution, self.party), data, f"{cer.execution}:out:{self.party}:all")
+        return Outgoing(outcome_subject(cer.execution, self.party), data,
+                        message_id(cer.execution, "out", self.party, None))
 
     def _abort(self, cer: Ceremony, reason: str, culprits: list[int], attributable: bool,
                reported_by: int | None = None, notify: bool = True, prior: Sequence[Outgoing] = ()) -> _StepX:
@@ -630,7 +616,8 @@ class PartyRuntime:
             data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="abort",
                         recipient=None, body=msgpack.packb(body, use_bin_type=True), confidential=False,
                         trace=cer.trace)
-            out.append(Outgoing(control_subject(cer.execution, "abort"), data, f"{cer.execution}:abort:{self.party}:all"))
+            out.append(Outgoing(mpc_subject(cer.execution, "abort", None), data,
+                                message_id(cer.execution, "abort", self.party, None)))
         out.append(self._outcome(cer, {"status": "aborted", "kind": cer.kind, **body}))
         cer.abort(reason=reason, culprits=culprits, phase=cer.phase, round=cer.round, attributable=attributable,
                   reported_by=reported_by, outcome=out[-1].data,
@@ -772,11 +759,9 @@ class _StepX(Step):
 def start_envelope(coordinator: Identity, roster: Roster, execution: str, command: Command,
                    trace: dict[str, str] | None = None) -> Outgoing:
     """The signed ``start`` message a coordinator publishes to begin a ceremony."""
-    if not _EXECUTION.match(execution):
-        raise ValueError("execution id must be 1-80 characters of [A-Za-z0-9_-]")
     data = seal(coordinator, roster, protocol="ctl", execution=execution, round="start", recipient=None,
                 body=command.encode(), confidential=False, trace=trace)
-    return Outgoing(control_subject(execution, "start"), data, f"{execution}:start:{COORDINATOR}:all")
+    return Outgoing(mpc_subject(execution, "start", None), data, message_id(execution, "start", COORDINATOR, None))
 
 
 def abort_envelope(coordinator: Identity, roster: Roster, execution: str, reason: str) -> Outgoing:
@@ -784,7 +769,7 @@ def abort_envelope(coordinator: Identity, roster: Roster, execution: str, reason
     body = msgpack.packb({"reason": reason, "culprits": [], "attributable": False}, use_bin_type=True)
     data = seal(coordinator, roster, protocol="ctl", execution=execution, round="abort", recipient=None,
                 body=body, confidential=False)
-    return Outgoing(control_subject(execution, "abort"), data, f"{execution}:abort:{COORDINATOR}:all")
+    return Outgoing(mpc_subject(execution, "abort", None), data, message_id(execution, "abort", COORDINATOR, None))
 
 
 __all__ += ["start_envelope", "abort_envelope"]

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from engine.ceremony.runtime import Command, Outgoing, control_subject, start_envelope
+from engine.ceremony.runtime import Command, Outgoing, start_envelope
 from engine.ceremony.store import Ceremony, KeyShareRecord, PartyStore, PresignatureRecord
 from engine.crypto import ecdsa
 from engine.crypto.group import SYSTEM_RNG
@@ -19,6 +19,7 @@ from engine.protocols import keygen
 from schemas.codec import packb, unpackb
 from schemas.envelope import Identity, open_envelope, peek, seal
 from schemas.envelope import COORDINATOR, peek
+from schemas.subjects import mpc_subject
 from tests.ceremony.conftest import (
     KEY_ID,
     LEVEL,
@@ -236,7 +237,7 @@ def test_redelivery_of_committed_seq_is_a_no_op(cluster):
     assert_signed(c, "s", (1, 3), digest)
     store = c.stores[1]
     count, last = len(events_of(store)), store.last_seq()
-    start_seq = next(seq for seq, subject, _ in c.broker.log if subject == control_subject("s", "start"))
+    start_seq = next(seq for seq, subject, _ in c.broker.log if subject == mpc_subject("s", "start", None))
     for seq, subject, data in c.broker.log:
         if seq in (start_seq, last):
             step = c.rt(1).handle(data, subject, seq)
@@ -252,7 +253,7 @@ def test_bad_messages_are_rejected_and_recorded(cluster, keygen_template):
     c = cluster
     digest = digest_of("bad messages")
     c.start("s", "sign", (1, 2), {"key_id": KEY_ID, "digest": digest})
-    assert c.deliver_next(1)[1] == control_subject("s", "start")  # party 1 sends its presign-1 messages
+    assert c.deliver_next(1)[1] == mpc_subject("s", "start", None)  # party 1 sends its presign-1 messages
     subject = "conclave.mpc.s.presign-1.all"
     honest = next(d for _, subj, d in c.broker.log if subj == subject)
     body = open_envelope(honest, c.roster, c.ids[2]).body
@@ -296,7 +297,7 @@ def test_bad_messages_are_rejected_and_recorded(cluster, keygen_template):
 def test_equivocation_aborts_blaming_the_sender(cluster):
     c = cluster
     c.start("kg2", "keygen", PARTIES, {"threshold": 2})
-    assert c.deliver_next(3)[1] == control_subject("kg2", "start")  # party 3 broadcasts keygen-1
+    assert c.deliver_next(3)[1] == mpc_subject("kg2", "start", None)  # party 3 broadcasts keygen-1
     # party 3 runs its round 1 a second time and signs the other commitment too
     adv = keygen.round1(keygen.KeygenParams(b"kg2/keygen", 3, PARTIES, 2), SYSTEM_RNG)
     (m,) = adv.outbox
@@ -335,7 +336,7 @@ def test_deadline_aborts_and_blames_the_silent_party(cluster):
     c.clock.advance(2.0)
     step = c.rt(1).expire()
     assert step.reached == ["aborted"]
-    assert [o.subject for o in step.outgoing] == [control_subject("kg2", "abort"), "conclave.out.kg2.1"]
+    assert [o.subject for o in step.outgoing] == [mpc_subject("kg2", "abort", None), "conclave.out.kg2.1"]
     c.broker.publish_all(step.outgoing)
     c.run()  # party 3 reads the abort notice
 
