@@ -28,6 +28,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ops.procs import pid_alive, stop_pid
+
 __all__ = ["EmbeddedNats", "free_port", "nats_server_binary", "stop_pid"]
 
 log = logging.getLogger(__name__)
@@ -74,57 +76,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    # A dead child of ours stays a zombie (and kill(pid, 0) succeeds) until it
-    # is reaped, so reap it if it is ours...
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    # ...and treat someone else's zombie as dead too.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def stop_pid(pid: int, timeout: float = 5.0) -> bool:
-    """Stop a server by pid: SIGTERM, wait up to ``timeout`` s, then SIGKILL.
-
-    Returns False if the process was already gone. Raises PermissionError if the
-    process belongs to another user.
-    """
-    if not _pid_alive(pid):
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    log.warning("nats-server pid %d ignored SIGTERM for %.1fs; killing it", pid, timeout)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return True
 
 
 def _run_coroutine_sync(coro_fn) -> None:
@@ -228,12 +179,12 @@ class EmbeddedNats:
     @staticmethod
     def pid_alive(pid: int) -> bool:
         """True if a process with this pid exists and is not a zombie."""
-        return _pid_alive(pid)
+        return pid_alive(pid)
 
     def running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and _pid_alive(self._pid)
+        return self._pid is not None and pid_alive(self._pid)
 
     def _write_config(self) -> Path:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +332,7 @@ class EmbeddedNats:
                 except ProcessLookupError:
                     pass
             proc.wait()
-        elif pid is not None and _pid_alive(pid):
+        elif pid is not None and pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

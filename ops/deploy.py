@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.ceremony.store import StoreConfig, load_kek
+from ops.procs import pid_alive, stop_pid
 from schemas.envelope import COORDINATOR, Identity, PeerKeys
 
 __all__ = ["Deployment", "DeployError", "default_home", "pid_alive"]
@@ -40,23 +40,6 @@ class DeployError(RuntimeError):
 
 def default_home() -> Path:
     return Path(os.environ.get("CONCLAVE_HOME") or ".conclave")
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
 
 
 def _read_pid(path: Path) -> int | None:
@@ -189,19 +172,7 @@ class Deployment:
 
     def stop_pid(self, pid: int | None, timeout: float = 10.0) -> bool:
         """SIGTERM, wait, then SIGKILL. True if something was stopped."""
-        if not pid_alive(pid):
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return True
-            time.sleep(0.05)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return True
+        return stop_pid(pid, timeout)
 
     def wait_ready(self, i: int, pid: int, timeout: float = 30.0) -> None:
         """Wait for party ``i`` to write its ready marker (connected and subscribed)."""

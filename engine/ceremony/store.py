@@ -239,9 +239,7 @@ class Vault:
             if self._mem is not None:
                 return list(self._mem)
             if self._pg is not None:
-                from psycopg import sql
-
-                rows = self._pg.execute(self._sql["ids"]).fetchall() if "ids" in self._sql else []
+                rows = self._pg.execute(self._sql["ids"]).fetchall()
             else:
                 rows = self._db.execute("SELECT id FROM vault").fetchall()
         return [r[0] for r in rows]

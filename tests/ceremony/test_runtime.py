@@ -17,8 +17,7 @@ from engine.crypto import ecdsa
 from engine.crypto.group import SYSTEM_RNG
 from engine.protocols import keygen
 from schemas.codec import packb, unpackb
-from schemas.envelope import Identity, open_envelope, peek, seal
-from schemas.envelope import COORDINATOR, peek
+from schemas.envelope import COORDINATOR, Identity, open_envelope, peek, seal
 from schemas.subjects import mpc_subject
 from tests.ceremony.conftest import (
     KEY_ID,
