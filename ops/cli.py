@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.protocols.base import InternalError
+from ops.output import emit, fail
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -147,7 +148,7 @@ def cmd_simulate(args) -> int:
             "messages": list(a.messages),
             "timings": {k: round(v, 4) for k, v in sim.timings.items()},
         }
-        _emit(args, out, human=f"ABORTED in {out['phase']}: culprits {out['culprits']}: {a.reason}")
+        emit(args, out, human=f"ABORTED in {out['phase']}: culprits {out['culprits']}: {a.reason}")
         return EXIT_ABORTED
     sig = ceremony.signature
     pub = sig.public_key.to_bytes()
@@ -169,7 +170,7 @@ def cmd_simulate(args) -> int:
         "security_level": level.name,
         "timings": {k: round(v, 4) for k, v in ceremony.timings.items()},
     }
-    _emit(args, out, human=_describe_signature(out))
+    emit(args, out, human=_describe_signature(out))
     return EXIT_OK
 
 
@@ -200,13 +201,6 @@ def _describe_signature(out: dict) -> str:
 
 def _cheat_needs_signer(cheat) -> bool:
     return cheat.phase in ("presign", "sign")
-
-
-def _emit(args, obj, human: str) -> None:
-    if args.json:
-        print(json.dumps(obj))
-    else:
-        print(human)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,10 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": str(exc)}))
-        print(f"conclave: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(args, EXIT_USAGE, str(exc))
     except InternalError as exc:
         # our bug: no party is blamed; the message never carries secrets
         if getattr(args, "json", False):

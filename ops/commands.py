@@ -9,8 +9,6 @@ timed out or the deployment is unreachable.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import anyio
 
 from ops.deploy import DeployError, Deployment, default_home, pid_alive
+from ops.output import emit, fail, say
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_ABORTED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -41,25 +40,9 @@ def _usage_errors(func):
         try:
             return func(args)
         except DeployError as exc:
-            return _fail(args, EXIT_USAGE, str(exc))
+            return fail(args, EXIT_USAGE, str(exc))
 
     return run
-
-
-def _emit(args, obj: dict[str, Any], human: str) -> None:
-    print(json.dumps(obj) if args.json else human)
-
-
-def _fail(args, code: int, message: str, **extra: Any) -> int:
-    if args.json:
-        print(json.dumps({"error": message, **extra}))
-    print(f"conclave: {message}", file=sys.stderr)
-    return code
-
-
-def _say(args, text: str) -> None:
-    """Progress for humans; stderr so --json output stays one object."""
-    print(text, file=sys.stderr, flush=True)
 
 
 # -- up / down -------------------------------------------------------------------
@@ -76,10 +59,10 @@ def cmd_up(args) -> int:
         cfg = dep.init(parties=args.parties, threshold=args.threshold, level=args.security_level,
                        nats_url=args.nats, store=store, round_timeout=args.round_timeout, prime_pool=args.prime_pool)
     except DeployError as exc:
-        return _fail(args, EXIT_USAGE, str(exc))
+        return fail(args, EXIT_USAGE, str(exc))
     nats_info: dict[str, Any] = {"url": cfg["nats"]["url"], "embedded": cfg["nats"]["embedded"]}
     if args.nats and cfg["nats"]["embedded"]:
-        return _fail(args, EXIT_USAGE, f"{dep.home} runs its own embedded nats-server; "
+        return fail(args, EXIT_USAGE, f"{dep.home} runs its own embedded nats-server; "
                                        "start a new data directory to use an external one")
     if args.nats and cfg["nats"]["url"] != args.nats:
         dep.set_nats_url(args.nats)
@@ -92,7 +75,7 @@ def cmd_up(args) -> int:
             url = cfg["nats"]["url"]
             port = int(url.rsplit(":", 1)[1]) if url else None
             server = EmbeddedNats(store_dir=dep.home / "nats", port=port, log_file=dep.home / "nats" / "nats.log")
-            _say(args, "starting the embedded nats-server")
+            say("starting the embedded nats-server")
             url = server.start(detach=True)
             (dep.home / "nats" / "nats.pid").write_text(str(server.pid))
             dep.set_nats_url(url)
@@ -111,13 +94,13 @@ def cmd_up(args) -> int:
         for i, pid in started:
             dep.wait_ready(i, pid)
     except DeployError as exc:
-        return _fail(args, EXIT_UNAVAILABLE, str(exc))
+        return fail(args, EXIT_UNAVAILABLE, str(exc))
     out = {"data_dir": str(dep.home), "nats": nats_info, "parties": parties, "level": cfg["level"],
            "threshold": cfg["threshold"]}
     human = [f"conclave up in {dep.home} (nats {nats_info['url']}, level {cfg['level']})"]
     human += [f"  party {p['id']}: pid {p['pid']} ({'started' if p['started'] else 'already running'})"
               for p in parties]
-    _emit(args, out, "\n".join(human))
+    emit(args, out, "\n".join(human))
     return EXIT_OK
 
 
@@ -130,7 +113,7 @@ def cmd_down(args) -> int:
     cfg = dep.config()
     if cfg["nats"]["embedded"] and dep.stop_pid(dep.nats_pid()):
         stopped.append("nats-server")
-    _emit(args, {"stopped": stopped}, "stopped " + (", ".join(stopped) if stopped else "nothing (not running)"))
+    emit(args, {"stopped": stopped}, "stopped " + (", ".join(stopped) if stopped else "nothing (not running)"))
     return EXIT_OK
 
 
@@ -194,7 +177,7 @@ def cmd_status(args) -> int:
         lines.append(f"  in flight {f['execution']} ({f['kind']}): {f['parties']}")
     for key_id, pool in st["presignatures"].items():
         lines.append(f"  presignatures for {key_id}: {pool}")
-    _emit(args, st, "\n".join(lines))
+    emit(args, st, "\n".join(lines))
     return EXIT_OK
 
 
@@ -208,7 +191,7 @@ def _run(args, kind: str, participants, params, **kw) -> tuple[int, Any]:
 
     def report(party: int, rep: dict) -> None:
         if not args.json:
-            _say(args, f"  party {party}: {rep.get('status')}")
+            say(f"  party {party}: {rep.get('status')}")
 
     from engine.ceremony import tracing
 
@@ -222,10 +205,10 @@ def _run(args, kind: str, participants, params, **kw) -> tuple[int, Any]:
         return EXIT_OK, anyio.run(go)
     except CeremonyFailed as exc:
         code = EXIT_UNAVAILABLE if exc.status == "timeout" else EXIT_ABORTED
-        return _fail(args, code, str(exc), execution=exc.execution, status=exc.status, reason=exc.reason,
+        return fail(args, code, str(exc), execution=exc.execution, status=exc.status, reason=exc.reason,
                      culprits=exc.culprits), None
     except TimeoutError:
-        return _fail(args, EXIT_UNAVAILABLE, "cannot reach the NATS server"), None
+        return fail(args, EXIT_UNAVAILABLE, "cannot reach the NATS server"), None
 
 
 def cmd_keygen(args) -> int:
@@ -234,16 +217,16 @@ def cmd_keygen(args) -> int:
     n = args.parties or cfg["parties"]
     t = args.threshold or cfg["threshold"]
     if not 2 <= t <= n <= cfg["parties"]:
-        return _fail(args, EXIT_USAGE, f"need 2 <= threshold <= parties <= {cfg['parties']} (the deployment's size)")
+        return fail(args, EXIT_USAGE, f"need 2 <= threshold <= parties <= {cfg['parties']} (the deployment's size)")
     if not args.json:
-        _say(args, f"running a {t}-of-{n} key generation (keygen + aux-info) over NATS")
+        say(f"running a {t}-of-{n} key generation (keygen + aux-info) over NATS")
     code, outcome = _run(args, "keygen", range(1, n + 1), {"threshold": t})
     if outcome is None:
         return code
     res = outcome.result
     out = {"key_id": res["key_id"], "public_key": res["public_key"], "threshold": res["threshold"],
            "parties": res["parties"], "seconds": round(outcome.seconds, 3)}
-    _emit(args, out, f"key {out['key_id']}\n  public key {out['public_key']}\n  {t}-of-{n}, {outcome.seconds:.2f}s")
+    emit(args, out, f"key {out['key_id']}\n  public key {out['public_key']}\n  {t}-of-{n}, {outcome.seconds:.2f}s")
     return EXIT_OK
 
 
@@ -282,10 +265,10 @@ def cmd_presign(args) -> int:
             return code
         made.append(outcome.result["presig_id"])
         if not args.json:
-            _say(args, f"  presignature {n + 1}/{args.count}: {made[-1]} ({outcome.seconds:.2f}s)")
+            say(f"  presignature {n + 1}/{args.count}: {made[-1]} ({outcome.seconds:.2f}s)")
     out = {"key_id": args.key, "signers": list(signers), "presignatures": made,
            "seconds": round(time.perf_counter() - t0, 3)}
-    _emit(args, out, f"{len(made)} presignature(s) for {args.key} with signers {list(signers)}")
+    emit(args, out, f"{len(made)} presignature(s) for {args.key} with signers {list(signers)}")
     return EXIT_OK
 
 
@@ -293,9 +276,9 @@ def cmd_sign(args) -> int:
     try:
         digest = bytes.fromhex(args.digest.removeprefix("0x"))
     except ValueError:
-        return _fail(args, EXIT_USAGE, "--digest must be hex")
+        return fail(args, EXIT_USAGE, "--digest must be hex")
     if len(digest) != 32:
-        return _fail(args, EXIT_USAGE, f"--digest must be 32 bytes (64 hex digits), got {len(digest)}")
+        return fail(args, EXIT_USAGE, f"--digest must be 32 bytes (64 hex digits), got {len(digest)}")
     dep = _existing(args)
     key, signers = _key_and_signers(args, dep)
     params: dict[str, Any] = {"key_id": args.key, "digest": digest}
@@ -308,7 +291,7 @@ def cmd_sign(args) -> int:
     out = {"public_key": res["public_key"], "r": res["r"], "s": res["s"], "v": res["v"], "der": res["der"],
            "digest": res["digest"], "signers": res["signers"], "key_id": res["key_id"],
            "execution": outcome.execution, "seconds": round(outcome.seconds, 3)}
-    _emit(args, out, "\n".join([
+    emit(args, out, "\n".join([
         f"signature over {out['digest']} by parties {out['signers']} ({outcome.seconds:.2f}s)",
         f"  r   {out['r']}", f"  s   {out['s']}", f"  v   {out['v']}", f"  der {out['der']}",
         "  checked: verifies under the group key, low-S, v recovers the key",
@@ -328,14 +311,14 @@ def cmd_abort(args) -> int:
     try:
         reports = anyio.run(go)
     except TimeoutError:
-        return _fail(args, EXIT_UNAVAILABLE, "cannot reach the NATS server")
+        return fail(args, EXIT_UNAVAILABLE, "cannot reach the NATS server")
     out = {"execution": args.execution,
            "parties": {str(p): {k: r.get(k) for k in ("status", "reason") if k in r} for p, r in sorted(reports.items())}}
     lines = [f"abort requested for {args.execution}"]
     lines += [f"  party {p}: {r.get('status')}: {r.get('reason', '')}" for p, r in sorted(reports.items())]
     if not reports:
         lines.append("  no party reported on it (unknown execution, or every participant is down)")
-    _emit(args, out, "\n".join(lines))
+    emit(args, out, "\n".join(lines))
     return EXIT_OK
 
 
@@ -344,7 +327,7 @@ def cmd_replay(args) -> int:
 
     dep = _existing(args)
     report = replay(dep, args.execution)
-    _emit(args, report, render(report))
+    emit(args, report, render(report))
     return EXIT_OK
 
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +23,9 @@ from engine.crypto import ecdsa
 from engine.crypto.group import Q
 from ops.client import CeremonyFailed, Coordinator
 from ops.deploy import Deployment
+from ops.output import say
 
 EXIT_OK, EXIT_FAILED = 0, 3
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _check(sig: dict, digest: bytes, public_key: str) -> bool:
@@ -55,7 +51,7 @@ def cmd_demo(args) -> int:
     from ops.cli import main as cli_main
 
     t_start = time.perf_counter()
-    _say(f"[1/4] starting nats-server and 3 party processes in {home}")
+    say(f"[1/4] starting nats-server and 3 party processes in {home}")
     import contextlib
     import io
 
@@ -71,7 +67,7 @@ def cmd_demo(args) -> int:
     except CeremonyFailed as exc:
         summary.update(ok=False, error=str(exc), culprits=exc.culprits)
     finally:
-        _say("[4/4] shutting down")
+        say("[4/4] shutting down")
         with contextlib.redirect_stdout(io.StringIO()):
             commands.cmd_down(argparse.Namespace(data_dir=str(home), json=True))
         if not args.data_dir and not args.keep:
@@ -86,11 +82,11 @@ def cmd_demo(args) -> int:
 
 async def _ceremonies(dep: Deployment, count: int) -> dict:
     async with Coordinator(dep) as c:
-        _say("[2/4] distributed key generation (keygen + aux-info), 2-of-3, over NATS")
+        say("[2/4] distributed key generation (keygen + aux-info), 2-of-3, over NATS")
         kg = await c.run("keygen", (1, 2, 3), {"threshold": 2})
         key = kg.result
-        _say(f"      key {key['key_id']} public key {key['public_key']} ({kg.seconds:.2f}s)")
-        _say(f"[3/4] signing {count} digests (presign + sign each) with parties 1 and 3")
+        say(f"      key {key['key_id']} public key {key['public_key']} ({kg.seconds:.2f}s)")
+        say(f"[3/4] signing {count} digests (presign + sign each) with parties 1 and 3")
         rows, times = [], []
         for n in range(count):
             digest = hashlib.sha256(f"conclave demo withdrawal #{n + 1}".encode()).digest()
@@ -99,7 +95,7 @@ async def _ceremonies(dep: Deployment, count: int) -> dict:
             times.append(out.seconds)
             rows.append({"digest": digest.hex(), "r": out.result["r"], "s": out.result["s"], "v": out.result["v"],
                          "verified": ok, "seconds": round(out.seconds, 3)})
-            _say(f"      #{n + 1} {digest.hex()[:16]}… {'verified' if ok else 'FAILED VERIFICATION'} ({out.seconds:.2f}s)")
+            say(f"      #{n + 1} {digest.hex()[:16]}… {'verified' if ok else 'FAILED VERIFICATION'} ({out.seconds:.2f}s)")
     return {
         "ok": all(r["verified"] for r in rows),
         "key_id": key["key_id"],
