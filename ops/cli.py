@@ -153,8 +153,7 @@ def cmd_simulate(args) -> int:
     sig = ceremony.signature
     pub = sig.public_key.to_bytes()
     # belt and braces: the engine verified already; check recovery from the outside too
-    recovered = ecdsa.recover(digest, ecdsa.Signature(sig.r, sig.s, sig.v))
-    if recovered != sig.public_key or not ecdsa.verify_digest(pub, digest, sig.r, sig.s, require_low_s=True):
+    if not ecdsa.is_releasable(pub, digest, sig.r, sig.s, sig.v):
         print("internal error: released signature failed the final check", file=sys.stderr)
         return EXIT_INTERNAL
     out = {

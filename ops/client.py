@@ -186,9 +186,7 @@ class Coordinator:
     @staticmethod
     def _check_signature(execution: str, result: dict[str, Any], digest: bytes) -> None:
         pub = bytes.fromhex(result["public_key"])
-        r, s = int(result["r"], 16), int(result["s"], 16)
-        if bytes.fromhex(result["digest"]) != digest or not ecdsa.verify_digest(pub, digest, r, s, require_low_s=True):
-            raise CeremonyFailed(execution, "invalid", "the reported signature does not verify under the group key")
-        recovered = ecdsa.recover(digest, ecdsa.Signature(r, s, int(result["v"])))
-        if recovered.to_bytes() != pub:
-            raise CeremonyFailed(execution, "invalid", "the recovery id does not recover the group key")
+        r, s, v = int(result["r"], 16), int(result["s"], 16), int(result["v"])
+        if bytes.fromhex(result["digest"]) != digest or not ecdsa.is_releasable(pub, digest, r, s, v):
+            raise CeremonyFailed(execution, "invalid",
+                                 "the reported signature fails verification, low-S or key recovery under the group key")

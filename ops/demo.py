@@ -20,7 +20,6 @@ from pathlib import Path
 import anyio
 
 from engine.crypto import ecdsa
-from engine.crypto.group import Q
 from ops.client import CeremonyFailed, Coordinator
 from ops.deploy import Deployment
 from ops.output import say
@@ -29,14 +28,9 @@ EXIT_OK, EXIT_FAILED = 0, 3
 
 
 def _check(sig: dict, digest: bytes, public_key: str) -> bool:
-    pub = bytes.fromhex(public_key)
     r, s, v = int(sig["r"], 16), int(sig["s"], 16), int(sig["v"])
-    return (
-        ecdsa.verify_digest(pub, digest, r, s, require_low_s=True)
-        and s <= Q // 2
-        and ecdsa.recover(digest, ecdsa.Signature(r, s, v)).to_bytes() == pub
-        and ecdsa.der_decode(bytes.fromhex(sig["der"])) == (r, s)
-    )
+    return ecdsa.is_releasable(bytes.fromhex(public_key), digest, r, s, v) and \
+        ecdsa.der_decode(bytes.fromhex(sig["der"])) == (r, s)
 
 
 def cmd_demo(args) -> int:

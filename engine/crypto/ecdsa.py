@@ -259,3 +259,16 @@ def recover(digest: bytes, sig: Signature) -> Point:
     except ValueError as exc:
         raise InvalidSignature("public key recovery failed") from exc
     return Point(pk)
+
+
+def is_releasable(public_key: bytes | Point, digest: bytes, r: int, s: int, v: int) -> bool:
+    """The checks every released signature passes: it verifies under ``public_key``, is low-S,
+    and its recovery id ``v`` recovers that same key."""
+    if not verify_digest(public_key, digest, r, s, require_low_s=True):
+        return False
+    try:
+        recovered = recover(digest, Signature(r, s, v))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    key = _parse_public_key(public_key)
+    return key is not None and recovered.to_bytes() == key.format(compressed=True)

@@ -20,6 +20,7 @@ from engine.crypto.ecdsa import (
     der_decode,
     der_encode,
     is_low_s,
+    is_releasable,
     normalize,
     recover,
     recovery_id,
@@ -385,3 +386,23 @@ def test_verify_der_never_raises_on_junk():
     for junk in (None, "", b"", b"\x30", b"\xff" * 80, 17, memoryview(b"\x30\x06\x02\x01\x01\x02\x01\x01")):
         assert verify_der(pub, digest, junk) is False
     assert verify_der(b"\x02" + b"\x00" * 32, digest, _GOOD) is False
+
+
+def test_is_releasable_needs_verification_low_s_and_the_right_recovery_id(rng):
+    x = 1 + rng.randbelow(Q - 1)
+    X = base_mul(x)
+    for i in range(8):
+        digest = _digest(b"release %d" % i)
+        z = int.from_bytes(digest, "big")
+        k = 1 + rng.randbelow(Q - 1)
+        R = base_mul(k)
+        r = R.x() % Q
+        s = pow(k, -1, Q) * (z + r * x) % Q
+        sig = normalize(r, s, recovery_id(R, False))
+        assert is_releasable(X.to_bytes(), digest, sig.r, sig.s, sig.v)
+        assert is_releasable(X, digest, sig.r, sig.s, sig.v)
+        assert not is_releasable(X, digest, sig.r, sig.s, sig.v ^ 1)  # wrong recovery id
+        assert not is_releasable(X, digest, sig.r, Q - sig.s, sig.v ^ 1)  # high-S twin
+        assert not is_releasable(base_mul(x + 1), digest, sig.r, sig.s, sig.v)  # another key
+        assert not is_releasable(X, _digest(b"other"), sig.r, sig.s, sig.v)
+        assert not is_releasable(b"\x02" + b"\x00" * 32, digest, sig.r, sig.s, sig.v)
