@@ -55,7 +55,6 @@ __all__ = [
     "publish",
     "heartbeat",
     "subscribe_outcomes",
-    "wait_outcomes",
     "mpc_subject",
     "outcome_subject",
 ]
@@ -629,26 +628,3 @@ async def subscribe_outcomes(js: JetStreamContext, execution: str) -> AsyncItera
         yield stream
     finally:
         await stream.aclose()
-
-
-async def wait_outcomes(
-    js: JetStreamContext, execution: str, parties: set[int], timeout: float
-) -> dict[int, bytes]:
-    """One outcome per party in ``parties`` (the first one each published).
-
-    Raises TimeoutError naming the missing parties if they are not all in
-    within ``timeout`` s; ValueError for a bad execution id.
-    """
-    wanted = {_party_id(p) for p in parties}
-    got: dict[int, bytes] = {}
-    if not wanted:
-        return got
-    with anyio.move_on_after(timeout):
-        async with subscribe_outcomes(js, execution) as stream:
-            async for party, data in stream:
-                if party in wanted and party not in got:
-                    got[party] = data
-                    if len(got) == len(wanted):
-                        return got
-    missing = sorted(wanted - got.keys())
-    raise TimeoutError(f"execution {execution}: no outcome from parties {missing} within {timeout:.1f}s")

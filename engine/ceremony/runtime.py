@@ -595,7 +595,7 @@ class PartyRuntime:
         sig: sign.SignatureResult = output
         pub = sig.public_key.to_bytes()
         # released only after an independent check against the group key
-        if not ecdsa.verify_digest(pub, sig.digest, sig.r, sig.s, require_low_s=True):
+        if not ecdsa.is_releasable(pub, sig.digest, sig.r, sig.s, sig.v):
             raise InternalError("combined signature failed the release check")
         return {"key_id": cer.params["key_id"], "public_key": pub.hex(), "r": f"{sig.r:064x}", "s": f"{sig.s:064x}",
                 "v": sig.v, "der": sig.der().hex(), "digest": sig.digest.hex(), "signers": list(sig.signers)}, []

@@ -31,7 +31,6 @@ from handlers.jetstream import (
     party_consumer_name,
     publish,
     subscribe_outcomes,
-    wait_outcomes,
 )
 from ops.broker import EmbeddedNats, free_port, nats_server_binary, stop_pid
 
@@ -343,29 +342,32 @@ async def test_heartbeat_extends_ack_wait(nats_server):
         await close(nc)
 
 
-async def test_wait_outcomes_sees_earlier_and_later_outcomes(nats_server):
+async def test_outcomes_published_before_and_after_subscribing_arrive(nats_server):
     nc, js = await _setup(nats_server.url, parties=())
     try:
         await publish(js, outcome_subject("ex9", 1), b"one", "o1")
         await publish(js, outcome_subject("ex9", 2), b"two", "o2")
-        await publish(js, outcome_subject("ex9", 2), b"two-again", "o2b")  # keep the first
         await publish(js, outcome_subject("other", 3), b"wrong-execution", "ox")
 
         async def late():
             await anyio.sleep(0.3)
             await publish(js, outcome_subject("ex9", 3), b"three", "o3")
 
-        async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg, subscribe_outcomes(js, "ex9") as outcomes:
             tg.start_soon(late)
-            got = await wait_outcomes(js, "ex9", {1, 2, 3}, timeout=5)
-        assert got == {1: b"one", 2: b"two", 3: b"three"}
+            got = [await outcomes.next(timeout=5) for _ in range(3)]
+        assert got == [(1, b"one"), (2, b"two"), (3, b"three")]
 
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError, match=r"\[4, 5\]"):
-            await wait_outcomes(js, "ex9", {1, 4, 5}, timeout=0.5)
-        assert time.monotonic() - t0 < 2.0
+        async with subscribe_outcomes(js, "ex9") as outcomes:
+            for _ in range(3):
+                await outcomes.next(timeout=5)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await outcomes.next(timeout=0.5)
+            assert time.monotonic() - t0 < 2.0
         with pytest.raises(ValueError):
-            await wait_outcomes(js, "bad.id", {1}, timeout=0.5)
+            async with subscribe_outcomes(js, "bad.id"):
+                pass
     finally:
         await close(nc)
 
