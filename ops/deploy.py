@@ -115,15 +115,16 @@ class Deployment:
             "prime_pool": prime_pool,
             "roster": roster,
         }
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2))
-        tmp.replace(self.config_path)
+        self._write_config(cfg)
         return cfg
 
     def set_nats_url(self, url: str) -> None:
         cfg = self.config()
         cfg["nats"]["url"] = url
-        tmp = self.config_path.with_suffix(".tmp")
+        self._write_config(cfg)
+
+    def _write_config(self, cfg: dict[str, Any]) -> None:
+        tmp = self.config_path.with_suffix(".tmp")  # replace atomically: readers never see half a file
         tmp.write_text(json.dumps(cfg, indent=2))
         tmp.replace(self.config_path)
 
