@@ -497,6 +497,7 @@ class PartyStore:
         except Exception as exc:  # driver errors carry paths/hosts, never keys
             raise StoreError(f"cannot open the {c.kind} event store: {exc}") from None
         self.tracking_name = f"jetstream-{name}"
+        self._last_seq: int | None = None
 
     def __repr__(self) -> str:
         return f"PartyStore(party={self.party}, kind={self.config.kind!r})"
@@ -509,14 +510,20 @@ class PartyStore:
         if not events and tracking is None:
             return
         self.app.events.put(events, tracking=tracking)
+        if seq is not None:
+            self._last_seq = seq
 
     def processed(self, seq: int) -> bool:
         """True when stream message ``seq`` (or a later one) was already committed."""
-        last = self.app.recorder.max_tracking_id(self.tracking_name)
+        last = self.last_seq()
         return last is not None and seq <= last
 
     def last_seq(self) -> int | None:
-        return self.app.recorder.max_tracking_id(self.tracking_name)
+        """The highest committed stream sequence. Read from the database once, then kept up to date
+        by :meth:`save`: this store is its party's only writer."""
+        if self._last_seq is None:
+            self._last_seq = self.app.recorder.max_tracking_id(self.tracking_name)
+        return self._last_seq
 
     # -- reads --
     def get(self, cls: type, **ids: Any) -> Any | None:
