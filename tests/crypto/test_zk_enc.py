@@ -10,7 +10,7 @@ from engine.crypto import ring_pedersen
 from engine.crypto.security import get_level
 from engine.crypto.transcript import proof_context
 from engine.crypto.zk import enc
-from engine.crypto.zk.common import ProofError, sample_pm
+from engine.crypto.zk.common import ProofError, enc_response, sample_pm
 from schemas.codec import packb, unpackb
 from tests.conftest import SeededRng, paillier_keys
 
@@ -139,7 +139,7 @@ def _crafted(env, monkeypatch, z1_target: int) -> enc.EncProof:
     r = 12345
     gamma = int(sample_pm(env.level.ell + env.level.epsilon, rng, env.aux.n))
     S, A, C = enc._first_message(env.aux, env.pk, env.k, alpha, mu, r, gamma, None)
-    z1, z2, z3 = enc._respond(env.pk, e, env.k, env.rho, alpha, mu, r, gamma, None)
+    z1, z2, z3 = enc_response(env.pk.n_mpz, e, env.k, env.rho, alpha, mu, r, gamma, None)
     assert z1 == z1_target
     return enc.EncProof(int(S), int(A), int(C), int(z1), int(z2), int(z3))
 

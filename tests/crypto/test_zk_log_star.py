@@ -11,7 +11,7 @@ from engine.crypto.group import G, Point, base_mul, random_scalar
 from engine.crypto.security import get_level
 from engine.crypto.transcript import proof_context
 from engine.crypto.zk import log_star
-from engine.crypto.zk.common import ProofError, sample_pm
+from engine.crypto.zk.common import ProofError, enc_response, sample_pm
 from schemas.codec import packb, unpackb
 from tests.conftest import SeededRng, paillier_keys
 
@@ -155,7 +155,7 @@ def _crafted(env, monkeypatch, z1_target: int) -> log_star.LogStarProof:
     r = 12345
     gamma = int(sample_pm(env.level.ell + env.level.epsilon, rng, env.aux.n))
     S, A, Y, D = log_star._first_message(env.aux, env.pk, env.B, env.x, alpha, mu, r, gamma, None)
-    z1, z2, z3 = log_star._respond(env.pk, e, env.x, env.rho, alpha, mu, r, gamma, None)
+    z1, z2, z3 = enc_response(env.pk.n_mpz, e, env.x, env.rho, alpha, mu, r, gamma, None)
     assert z1 == z1_target
     return log_star.LogStarProof(int(S), int(A), Y, int(D), int(z1), int(z2), int(z3))
 

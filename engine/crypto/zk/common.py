@@ -27,6 +27,8 @@ __all__ = [
     "point",
     "matching_key",
     "range_challenge",
+    "enc_nonces",
+    "enc_response",
 ]
 
 
@@ -127,6 +129,18 @@ def range_challenge(
     t.append("aux.t", int(aux.t))
     t.extend(items)
     return t.challenge_signed(level.q_bits)
+
+
+def enc_nonces(level: SecurityLevel, aux_n: int, n: int, rng: Rng) -> tuple[mpz, mpz, int, mpz]:
+    """The prover's fresh (α, μ, r, γ) shared by Πenc and Πlog*; MUST NOT be reused across proofs."""
+    from engine.crypto.paillier import sample_unit
+
+    ell, eps = level.ell, level.epsilon
+    alpha = sample_pm(ell + eps, rng)  # α ← ±2^{ℓ+ε}
+    mu = sample_pm(ell, rng, aux_n)  # μ ← ±2^ℓ·N̂
+    r = sample_unit(n, rng)  # r ← Z*_{N_i}
+    gamma = sample_pm(ell + eps, rng, aux_n)  # γ ← ±2^{ℓ+ε}·N̂
+    return alpha, mu, r, gamma
 
 
 def enc_response(

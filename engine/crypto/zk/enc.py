@@ -34,18 +34,18 @@ import gmpy2
 from gmpy2 import mpz
 
 from engine.crypto.group import Rng
-from engine.crypto.paillier import PaillierPublicKey, PaillierSecretKey, sample_unit
+from engine.crypto.paillier import PaillierPublicKey, PaillierSecretKey
 from engine.crypto.ring_pedersen import RingPedersenParams
 from engine.crypto.security import SecurityLevel
 from engine.crypto.zk.common import (
     ProofError,
     check_int,
+    enc_nonces,
     enc_response,
     in_pm,
     matching_key,
     modulus,
     range_challenge,
-    sample_pm,
     unit,
 )
 from schemas.codec import wire
@@ -103,20 +103,6 @@ def _first_message(
     return S, A, C
 
 
-def _respond(
-    pk: PaillierPublicKey,
-    e: int,
-    k: int,
-    rho: int,
-    alpha: int,
-    mu: int,
-    r: int,
-    gamma: int,
-    sk: PaillierSecretKey | None,
-) -> tuple[mpz, mpz, mpz]:
-    return enc_response(pk.n_mpz, e, k, rho, alpha, mu, r, gamma, sk)
-
-
 # -- prover and verifier -----------------------------------------------------
 
 
@@ -135,14 +121,10 @@ def prove(
     """Prove K = enc_{N_i}(k; ρ) with k in range, for the verifier owning ``aux``."""
     if sk is not None:  # pk.n is read only when a key is given
         matching_key(sk, pk.n, "sk", proof=_NAME, against="the prover's Paillier key")
-    ell, eps = level.ell, level.epsilon
-    alpha = sample_pm(ell + eps, rng)  # α ← ±2^{ℓ+ε}
-    mu = sample_pm(ell, rng, aux.n)  # μ ← ±2^ℓ·N̂
-    r = sample_unit(pk.n, rng)  # r ← Z*_{N_i}
-    gamma = sample_pm(ell + eps, rng, aux.n)  # γ ← ±2^{ℓ+ε}·N̂
+    alpha, mu, r, gamma = enc_nonces(level, aux.n, pk.n, rng)
     S, A, C = _first_message(aux, pk, k, alpha, mu, r, gamma, sk)
     e = _challenge(ctx, level, aux, pk.n, K, S, A, C)
-    z1, z2, z3 = _respond(pk, e, k, rho, alpha, mu, r, gamma, sk)
+    z1, z2, z3 = enc_response(pk.n_mpz, e, k, rho, alpha, mu, r, gamma, sk)
     return EncProof(S=int(S), A=int(A), C=int(C), z1=int(z1), z2=int(z2), z3=int(z3))
 
 

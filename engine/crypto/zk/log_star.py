@@ -36,19 +36,19 @@ import gmpy2
 from gmpy2 import mpz
 
 from engine.crypto.group import Point, Rng
-from engine.crypto.paillier import PaillierPublicKey, PaillierSecretKey, sample_unit
+from engine.crypto.paillier import PaillierPublicKey, PaillierSecretKey
 from engine.crypto.ring_pedersen import RingPedersenParams
 from engine.crypto.security import SecurityLevel
 from engine.crypto.zk.common import (
     ProofError,
     check_int,
+    enc_nonces,
     enc_response,
     in_pm,
     matching_key,
     modulus,
     point,
     range_challenge,
-    sample_pm,
     unit,
 )
 from schemas.codec import wire
@@ -129,20 +129,6 @@ def _first_message(
     return S, A, Y, D
 
 
-def _respond(
-    pk: PaillierPublicKey,
-    e: int,
-    x: int,
-    rho: int,
-    alpha: int,
-    mu: int,
-    r: int,
-    gamma: int,
-    sk: PaillierSecretKey | None,
-) -> tuple[mpz, mpz, mpz]:
-    return enc_response(pk.n_mpz, e, x, rho, alpha, mu, r, gamma, sk)
-
-
 # -- prover and verifier -----------------------------------------------------
 
 
@@ -163,14 +149,10 @@ def prove(
     """Prove C = enc_{N_i}(x; ρ) and X = x·B with x in range, for the verifier owning ``aux``."""
     if sk is not None:  # pk.n is read only when a key is given
         matching_key(sk, pk.n, "sk", proof=_NAME, against="the prover's Paillier key")
-    ell, eps = level.ell, level.epsilon
-    alpha = sample_pm(ell + eps, rng)  # α ← ±2^{ℓ+ε}
-    mu = sample_pm(ell, rng, aux.n)  # μ ← ±2^ℓ·N̂
-    r = sample_unit(pk.n, rng)  # r ← Z*_{N_i}
-    gamma = sample_pm(ell + eps, rng, aux.n)  # γ ← ±2^{ℓ+ε}·N̂
+    alpha, mu, r, gamma = enc_nonces(level, aux.n, pk.n, rng)
     S, A, Y, D = _first_message(aux, pk, B, x, alpha, mu, r, gamma, sk)
     e = _challenge(ctx, level, aux, pk.n, C, X, B, S, A, Y, D)
-    z1, z2, z3 = _respond(pk, e, x, rho, alpha, mu, r, gamma, sk)
+    z1, z2, z3 = enc_response(pk.n_mpz, e, x, rho, alpha, mu, r, gamma, sk)
     return LogStarProof(S=int(S), A=int(A), Y=Y, D=int(D), z1=int(z1), z2=int(z2), z3=int(z3))
 
 
