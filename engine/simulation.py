@@ -252,11 +252,11 @@ class Simulation:
 
         return self._timed("presign", run)
 
-    def sign(self, presigs: dict[int, presign.Presignature], digest: bytes) -> sign.SignatureResult:
+    def sign(self, presigs: dict[int, presign.Presignature], digest: bytes, tweak: int = 0) -> sign.SignatureResult:
         eid = self._eid("sign")
 
         def run():
-            firsts = {i: sign.round1(sign.SignParams(eid, i, digest), ps) for i, ps in presigs.items()}
+            firsts = {i: sign.round1(sign.SignParams(eid, i, digest, tweak), ps) for i, ps in presigs.items()}
             return run_rounds("sign", firsts, sign.ROUNDS, self.rng, self._tamper(), self._honest, self.persist)
 
         outputs = self._timed("sign", run)

@@ -130,3 +130,25 @@ def test_round_rejects_message_from_wrong_round_before_any_crypto(two_of_three):
     result = keygen.round2(firsts[1].state, (stale, firsts[3].outbox[0]), SeededRng(0))
     assert isinstance(result, Abort) and result.culprits == (2,)
     assert "round 7" in result.reason
+
+
+def test_signs_for_an_hd_child_key_with_an_additive_tweak(two_of_three):
+    sim, shares, aux = two_of_three
+    tweak = int.from_bytes(digest_of("child tweak"), "big") % (2**255)
+    digest = digest_of("child key")
+    sig = sim.sign(sim.presign(shares, aux, (1, 3)), digest, tweak=tweak)
+    assert sig.public_key == shares[1].public_key + base_mul(tweak)
+    assert_valid_signature(sig, digest)
+
+
+def test_a_partial_that_ignores_the_tweak_is_blamed(two_of_three):
+    from engine.protocols import sign
+
+    sim, shares, aux = two_of_three
+    presigs = sim.presign(shares, aux, (1, 2))
+    digest, tweak = digest_of("tweaked"), 12345
+    honest = sign.round1(sign.SignParams(b"eid", 1, digest, tweak), presigs[1])
+    lazy = sign.round1(sign.SignParams(b"eid", 2, digest, 0), presigs[2])  # party 2 signs for the parent key
+    out = sign.output(honest.state, lazy.outbox)
+    assert isinstance(out, Abort) and out.culprits == (2,)
+    assert "σ_j" in out.reason
