@@ -46,16 +46,21 @@ from engine.crypto.primes import generate_safe_prime
 from engine.crypto.security import get_level
 from engine.protocols import aux_info, keygen, presign, sign
 from engine.protocols.base import Abort, Advance, Done, InternalError, Msg
+from engine import policy as policy_rules
+from engine import withdrawal as wd
 from engine.ceremony import tracing
+from engine.ceremony.policies import NoPolicy, PolicyBook
 from engine.ceremony.store import (
     Ceremony,
     KeyShareRecord,
     PartyStore,
     PresignatureRecord,
     Rejection,
+    WithdrawalRecord,
     open_secret,
     seal_secret,
 )
+from schemas.withdrawal import RequestError, WithdrawalRequest
 from schemas.codec import DecodeError, packb, unpackb
 from schemas.subjects import execution_of, message_id, mpc_subject, outcome_subject
 from schemas.envelope import COORDINATOR, EnvelopeError, Identity, Opened, Roster, open_envelope, seal
@@ -174,6 +179,7 @@ class PartyRuntime:
         primes: PrimeSource | None = None,
         rng: Rng = SYSTEM_RNG,
         clock: Callable[[], float] = time.time,
+        policies: PolicyBook | None = None,
     ) -> None:
         if identity.party != party:
             raise ValueError("identity belongs to another party")
@@ -192,6 +198,10 @@ class PartyRuntime:
         self._rejections = 0
         self._recovered = False
         self._deks: dict[str, bytes] = {}  # data keys of running ceremonies (also in the vault)
+        # the embedded development default; deployments pass their own book
+        self.policies = policies or PolicyBook(None, allow_dev=True)
+        self._signed: dict[tuple[str, int], str] = {}  # (request id, input) -> execution that signed it
+        self._spends: dict[str, policy_rules.Spend] = {}  # request id -> what it moved, for velocity limits
 
     def __repr__(self) -> str:
         return f"PartyRuntime(party={self.party}, running={len(self._running)})"
@@ -210,6 +220,8 @@ class PartyRuntime:
         finished_at: dict[str, float] = {}
         ceremony_ids: dict[Any, str] = {}  # aggregate id -> execution
         presig_ids: dict[Any, str] = {}  # aggregate id -> presignature id
+        wd_ids: dict[Any, str] = {}  # aggregate id -> withdrawal request id
+        decisions: dict[Any, Any] = {}  # aggregate id -> its latest Decided event
         for ev in self.store.all_events():
             if isinstance(ev, Ceremony.Started):
                 ceremony_ids[ev.originator_id] = ev.execution
@@ -232,6 +244,17 @@ class PartyRuntime:
                     self._presigs[pid]["consumed"] = True
             elif isinstance(ev, Rejection.Recorded):
                 self._rejections += 1
+            elif isinstance(ev, WithdrawalRecord.Decided):
+                decisions[ev.originator_id] = ev
+            elif isinstance(ev, WithdrawalRecord.Signed):
+                dec = decisions.get(ev.originator_id)
+                rid = wd_ids.get(ev.originator_id)
+                if rid is not None:
+                    self._signed[(rid, ev.input)] = ev.execution
+                    if dec is not None and rid not in self._spends:
+                        self._spends[rid] = policy_rules.Spend(dec.asset, dec.amount, ev.at)
+            elif isinstance(ev, WithdrawalRecord.Received):
+                wd_ids[ev.originator_id] = ev.request_id
         for ex in list(self._running):
             cer = self.store.get(Ceremony, execution=ex)
             self._running[ex] = cer
@@ -331,15 +354,15 @@ class PartyRuntime:
         if execution in self._running:
             self._running[execution] = None  # type: ignore[assignment]
 
-    def _record_rejection(self, execution, seq, reason, sender, msg_id, digest, subject, size) -> Step:
+    def _record_rejection(self, execution, seq, reason, sender, msg_id, digest, subject, size, extra=()) -> Step:
         log.warning("party %s rejected a message on %s: %s", self.party, subject, reason)
         cer = self._ceremony(execution) if execution else None
         if cer is not None:
             cer.reject(seq=seq, reason=reason, sender=sender, msg_id=msg_id, digest=digest)
-            self.store.save(cer, seq=seq)
+            self.store.save(cer, *extra, seq=seq)
         else:
             rej = Rejection(seq=seq, subject=subject[:200], reason=reason, sender=sender, digest=digest, size=size)
-            self.store.save(rej, seq=seq)
+            self.store.save(rej, *extra, seq=seq)
             self._rejections += 1
         return Step(rejected=reason)
 
@@ -349,15 +372,17 @@ class PartyRuntime:
         env = opened.envelope
         ex = env.execution
 
-        def reject(reason: str) -> Step:
+        extra: list[Any] = []  # a withdrawal's policy decision, recorded whatever happens next
+
+        def reject(reason: str, rule: str | None = None) -> Step:
             step = self._record_rejection(None, seq, reason, env.sender, env.msg_id, digest, env.subject,
-                                          len(opened.body))
+                                          len(opened.body), extra)
             if ex in self._running or ex in self._finished:
                 # our outcome's msg id belongs to the ceremony we already hold for this execution:
                 # a replayed start must not pre-empt (or contradict) its real outcome
                 return step
             # tell the coordinator now rather than let it wait for a deadline
-            body = {"status": "rejected", "reason": reason}
+            body = {"status": "rejected", "reason": reason, **({"rule": rule} if rule else {})}
             data = seal(self.identity, self.roster, protocol="ctl", execution=ex, round="out", recipient=None,
                         body=msgpack.packb(body, use_bin_type=True), confidential=False)
             step.outgoing.append(Outgoing(outcome_subject(ex, self.party), data,
@@ -377,6 +402,10 @@ class PartyRuntime:
             self._check_params(ex, cmd)
         except ValueError as exc:
             return reject(f"bad command: {exc}")
+        if cmd.kind == "sign" and "withdrawal" in cmd.params:
+            refusal = self._check_withdrawal(ex, cmd, extra)
+            if refusal is not None:
+                return reject(*refusal)
         now = self.clock()
         cer = Ceremony(execution=ex, kind=cmd.kind, params=cmd.params, participants=list(cmd.participants),
                        command_seq=seq, round_timeout=cmd.round_timeout, deadline=now + cmd.round_timeout,
@@ -402,7 +431,7 @@ class PartyRuntime:
                 step.outgoing += more.outgoing
                 step.reached += more.reached
                 step.extra += more.extra
-            self.store.save(cer, *step.extra, seq=seq)
+            self.store.save(cer, *step.extra, *extra, seq=seq)
         except Exception:
             self._running.pop(ex, None)
             raise
@@ -425,9 +454,23 @@ class PartyRuntime:
         if cmd.kind == "presign" and set(p) != {"key_id"}:
             raise ValueError("presign takes exactly a key id")
         if cmd.kind == "sign":
-            if not set(p) <= {"key_id", "digest", "presig_id"} or not isinstance(p.get("digest"), bytes) \
-                    or len(p["digest"]) != 32:
+            if not set(p) <= {"key_id", "digest", "presig_id", "withdrawal", "input", "policy"} \
+                    or not isinstance(p.get("digest"), bytes) or len(p["digest"]) != 32:
                 raise ValueError("sign takes a key id, a 32-byte digest and optionally a presignature id")
+            if "withdrawal" in p:
+                if not isinstance(p["withdrawal"], bytes) or type(p.get("input")) is not int \
+                        or not isinstance(p.get("policy"), bytes):
+                    raise ValueError("a withdrawal sign takes the request, an input index and a policy digest")
+            else:
+                if {"input", "policy"} & set(p):
+                    raise ValueError("input and policy belong to a withdrawal")
+                try:
+                    dev = self.policies.get(p["key_id"]).dev
+                except NoPolicy as exc:
+                    raise ValueError(str(exc)) from None
+                if not dev:
+                    # a bare digest bypasses every rule, so only the development policy allows one
+                    raise ValueError("this wallet has a policy: it signs withdrawals, not bare digests")
             pid = p.get("presig_id")
             if pid is not None:
                 rec = self._presigs.get(pid) if isinstance(pid, str) else None
@@ -435,6 +478,69 @@ class PartyRuntime:
                     raise ValueError("unknown presignature for this key and signer set")
                 if rec["consumed"]:
                     raise ValueError("presignature already used")
+
+    def _check_withdrawal(self, execution: str, cmd: Command, extra: list[Any]) -> tuple[str, str | None] | None:
+        """Rebuild what is to be signed and evaluate this party's own policy for it.
+
+        Returns (reason, rule) to refuse, or None to sign. Every policy evaluation is
+        recorded as a Decided event in ``extra``, to be committed with the outcome.
+        """
+        p = cmd.params
+        try:
+            request = WithdrawalRequest.from_json(p["withdrawal"])
+        except RequestError as exc:
+            return f"bad request: {exc}", None
+        if request.key_id != p["key_id"]:
+            return "bad request: key_id differs from the wallet being signed for", None
+        try:
+            prepared = wd.prepare(request, bytes.fromhex(self._keys[p["key_id"]]["public_key"]))
+        except RequestError as exc:
+            return f"bad request: {exc}", None
+        i = p["input"]
+        if not 0 <= i < len(prepared.digests):
+            return f"bad request: input {i} does not exist", None
+        if prepared.digests[i] != p["digest"]:
+            # never sign a digest someone else computed: it must be the one the fields give
+            return ("digest mismatch: the requested digest is not the signing hash of the transaction fields "
+                    f"(input {i})"), "digest"
+        signed = self._signed.get((request.request_id, i))
+        if signed is not None:
+            return f"request {request.request_id} input {i} was already signed in {signed}", "idempotency"
+        for other in self._running.values():
+            other_p = other.params if other is not None else {}
+            if other is not None and other.kind == "sign" and "withdrawal" in other_p \
+                    and other_p["input"] == i and WithdrawalRequest.from_json(other_p["withdrawal"]).request_id \
+                    == request.request_id:
+                return f"request {request.request_id} input {i} is being signed in {other.execution}", "idempotency"
+        try:
+            policy = self.policies.get(request.key_id)
+        except NoPolicy as exc:
+            return f"policy: {exc}", "policy"
+        if policy.digest != p["policy"]:
+            return (f"policy: this party enforces policy version {policy.version} ({policy.digest.hex()[:16]}), "
+                    f"the session was bound to {p['policy'].hex()[:16]}"), "policy-version"
+        now = self.clock()
+        spend = policy_rules.spend_of(request, {prepared.address})
+        history = [s for rid, s in self._spends.items() if rid != request.request_id]
+        decision = policy_rules.evaluate(policy, request, spend, now=now, history=history)
+        rec = self.store.get(WithdrawalRecord, request_id=request.request_id)
+        if rec is None:
+            rec = WithdrawalRecord(request_id=request.request_id, key_id=request.key_id,
+                                   request_hash=request.request_hash())
+        rec.decide(execution=execution, input=i, allowed=decision.allowed, rule=decision.rule,
+                   reason=decision.reason, policy_version=policy.version, policy_digest=policy.digest.hex(),
+                   asset=spend.asset, amount=spend.amount, at=now)
+        extra.append(rec)
+        if decision.allowed:
+            return None
+        return f"policy: {decision.reason}", decision.rule
+
+    def _tweak(self, cer: Ceremony) -> int:
+        """The HD tweak of a withdrawal's derived key (0 for plain digest signing)."""
+        if "withdrawal" not in cer.params:
+            return 0
+        request = WithdrawalRequest.from_json(cer.params["withdrawal"])
+        return wd.prepare(request, bytes.fromhex(self._keys[cer.params["key_id"]]["public_key"])).tweak
 
     # -- rounds --------------------------------------------------------------
 
@@ -485,7 +591,7 @@ class PartyRuntime:
                 presig = unpackb(open_secret(dek, f"presig:{pid}", rec.sealed))
                 rec.consume(execution=cer.execution)  # committed together with σ_i below
                 extra.append(rec)
-            adv = sign.round1(sign.SignParams(eid, me, p["digest"]), presig, self.rng)
+            adv = sign.round1(sign.SignParams(eid, me, p["digest"], self._tweak(cer)), presig, self.rng)
         else:
             raise InternalError(f"unknown phase {phase}")
         step = self._record_advance(cer, phase, 1, adv, carry, prior)
@@ -597,8 +703,16 @@ class PartyRuntime:
         # released only after an independent check against the group key
         if not ecdsa.is_releasable(pub, sig.digest, sig.r, sig.s, sig.v):
             raise InternalError("combined signature failed the release check")
-        return {"key_id": cer.params["key_id"], "public_key": pub.hex(), "r": f"{sig.r:064x}", "s": f"{sig.s:064x}",
-                "v": sig.v, "der": sig.der().hex(), "digest": sig.digest.hex(), "signers": list(sig.signers)}, []
+        result = {"key_id": cer.params["key_id"], "public_key": pub.hex(), "r": f"{sig.r:064x}",
+                  "s": f"{sig.s:064x}", "v": sig.v, "der": sig.der().hex(), "digest": sig.digest.hex(),
+                  "signers": list(sig.signers)}
+        if "withdrawal" not in cer.params:
+            return result, []
+        request = WithdrawalRequest.from_json(cer.params["withdrawal"])
+        i, now = cer.params["input"], self.clock()
+        rec = self.store.get(WithdrawalRecord, request_id=request.request_id)
+        rec.sign(execution=cer.execution, input=i, digest=sig.digest, r=result["r"], s=result["s"], v=sig.v, at=now)
+        return {**result, "request_id": request.request_id, "input": i}, [rec]
 
     def _outcome(self, cer: Ceremony, body: dict[str, Any]) -> Outgoing:
         data = seal(self.identity, self.roster, protocol="ctl", execution=cer.execution, round="out",
@@ -632,6 +746,11 @@ class PartyRuntime:
             self._deks.pop(cer.execution, None)
             self.store.vault.destroy(f"ceremony:{cer.execution}")
         for rec in step.extra:
+            if isinstance(rec, WithdrawalRecord):
+                for i, ex in rec.signed.items():
+                    self._signed[(rec.request_id, i)] = ex
+                if rec.spend is not None and rec.request_id not in self._spends:
+                    self._spends[rec.request_id] = policy_rules.Spend(*rec.spend)
             if isinstance(rec, PresignatureRecord) and rec.consumed_by is not None:
                 self._presigs[rec.presig_id]["consumed"] = True
                 self.store.vault.destroy(f"presig:{rec.presig_id}")

@@ -47,6 +47,7 @@ __all__ = [
     "KeyShareRecord",
     "PresignatureRecord",
     "Rejection",
+    "WithdrawalRecord",
     "MsgpackTranscoder",
     "AesGcmCipher",
     "Vault",
@@ -394,6 +395,35 @@ class PresignatureRecord(Aggregate):
 
     def __repr__(self) -> str:
         return f"PresignatureRecord(presig_id={self.presig_id!r}, consumed_by={self.consumed_by!r})"
+
+
+class WithdrawalRecord(Aggregate):
+    """What this party decided, and signed, for one withdrawal request id."""
+
+    @staticmethod
+    def create_id(request_id: str, **_: Any) -> uuid.UUID:
+        return uuid.uuid5(_NS, "withdrawal:" + request_id)
+
+    @event("Received")
+    def __init__(self, request_id: str, key_id: str, request_hash: bytes) -> None:
+        self.request_id = request_id
+        self.key_id = key_id
+        self.request_hash = request_hash
+        self.signed: dict[int, str] = {}  # input -> execution that signed it
+        self.spend: list | None = None  # [asset, amount, at] once the first input is signed
+
+    @event("Decided")
+    def decide(self, execution: str, input: int, allowed: bool, rule: str, reason: str, policy_version: int,
+               policy_digest: str, asset: str, amount: int, at: float) -> None:
+        """One policy evaluation: the rule that decided and why (recorded for allowed and refused alike)."""
+        self.last_decision = [asset, amount, at]
+
+    @event("Signed")
+    def sign(self, execution: str, input: int, digest: bytes, r: str, s: str, v: int, at: float) -> None:
+        self.signed[input] = execution
+        if self.spend is None:
+            asset, amount, _ = getattr(self, "last_decision", ["?", 0, at])
+            self.spend = [asset, amount, at]
 
 
 class Rejection(Aggregate):
