@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.commands import configure as _configure_runtime
 
     _configure_runtime(sub)
+    from ops.wallet import configure as _configure_wallet
+
+    _configure_wallet(sub)
     from ops.demo import configure as _configure_demo
 
     _configure_demo(sub)

@@ -92,14 +92,15 @@ class Coordinator:
             return None
 
     async def run(self, kind: str, participants: Sequence[int], params: dict[str, Any], *,
-                  execution: str | None = None, timeout: float | None = None,
+                  execution: str | None = None, timeout: float | None = None, round_timeout: float | None = None,
                   on_report: Callable[[int, dict], None] | None = None) -> CeremonyOutcome:
         """Start a ceremony and wait until every participant reports; raise CeremonyFailed otherwise."""
         execution = execution or new_execution_id(kind)
         participants = tuple(sorted(participants))
         rounds = {"keygen": 7, "presign": 4, "sign": 5 if not params.get("presig_id") else 2}[kind]
-        timeout = timeout or self.round_timeout * rounds + 30
-        cmd = Command(kind, participants, params, self.level, self.round_timeout)
+        round_timeout = round_timeout or self.round_timeout
+        timeout = timeout or round_timeout * rounds + 30
+        cmd = Command(kind, participants, params, self.level, round_timeout)
         with tracing.span(f"ceremony {kind}", execution=execution):
             return await self._run(kind, execution, participants, params, cmd, timeout, on_report)
 

@@ -56,8 +56,11 @@ def cmd_up(args) -> int:
     if args.postgres:
         store = {"kind": "postgres", "dsn": args.postgres, "schema": args.postgres_schema}
     try:
+        scheduler = {k: v for k, v in (("shards", args.shards), ("pool_low", args.pool_low),
+                                       ("pool_high", args.pool_high)) if v is not None}
         cfg = dep.init(parties=args.parties, threshold=args.threshold, level=args.security_level,
-                       nats_url=args.nats, store=store, round_timeout=args.round_timeout, prime_pool=args.prime_pool)
+                       nats_url=args.nats, store=store, round_timeout=args.round_timeout, prime_pool=args.prime_pool,
+                       scheduler=scheduler)
     except DeployError as exc:
         return fail(args, EXIT_USAGE, str(exc))
     nats_info: dict[str, Any] = {"url": cfg["nats"]["url"], "embedded": cfg["nats"]["embedded"]}
@@ -93,13 +96,21 @@ def cmd_up(args) -> int:
     try:
         for i, pid in started:
             dep.wait_ready(i, pid)
+        worker = {"pid": dep.worker_pid(), "started": False}
+        if not pid_alive(worker["pid"]):
+            worker = {"pid": dep.start_worker(), "started": True}
+            dep.wait_worker_ready(worker["pid"])
     except DeployError as exc:
         return fail(args, EXIT_UNAVAILABLE, str(exc))
-    out = {"data_dir": str(dep.home), "nats": nats_info, "parties": parties, "level": cfg["level"],
-           "threshold": cfg["threshold"]}
+    out = {"data_dir": str(dep.home), "nats": nats_info, "parties": parties, "worker": worker,
+           "level": cfg["level"], "threshold": cfg["threshold"]}
     human = [f"conclave up in {dep.home} (nats {nats_info['url']}, level {cfg['level']})"]
     human += [f"  party {p['id']}: pid {p['pid']} ({'started' if p['started'] else 'already running'})"
               for p in parties]
+    human.append(f"  withdrawal worker: pid {worker['pid']} ({'started' if worker['started'] else 'already running'})")
+    if cfg["nats"]["embedded"]:
+        human.append("  WARNING: wallets without a policy file sign under the development policy, "
+                     "which allows every withdrawal")
     emit(args, out, "\n".join(human))
     return EXIT_OK
 
@@ -107,6 +118,8 @@ def cmd_up(args) -> int:
 def cmd_down(args) -> int:
     dep = _existing(args)
     stopped = []
+    if dep.stop_pid(dep.worker_pid()):
+        stopped.append("worker")
     for i in dep.party_ids():
         if dep.stop_pid(dep.party_pid(i)):
             stopped.append(f"party-{i}")
@@ -138,6 +151,7 @@ async def _gather_status(dep: Deployment) -> dict[str, Any]:
             async with Coordinator(dep) as c:
                 for i in dep.party_ids():
                     snaps[i] = await c.party_status(i)
+                out["pools"] = await _pool_levels(c)
     except (TimeoutError, OSError, Exception):
         reachable = False
     out["nats"]["reachable"] = reachable
@@ -160,8 +174,20 @@ async def _gather_status(dep: Deployment) -> dict[str, Any]:
                                                           "deadline_in": f["deadline_in"]}
         for key_id, pool in snap.get("presignatures", {}).items():
             pools.setdefault(key_id, {})[str(i)] = pool
-    out.update(parties=parties, keys=list(keys.values()), ceremonies=list(flights.values()), presignatures=pools)
+    warnings = sorted({w for snap in snaps.values() if snap for w in snap.get("warnings", [])})
+    out.update(parties=parties, keys=list(keys.values()), ceremonies=list(flights.values()), presignatures=pools,
+               warnings=warnings, worker={"pid": dep.worker_pid(), "running": pid_alive(dep.worker_pid())})
+    out.setdefault("pools", {})
     return out
+
+
+async def _pool_levels(c) -> dict[str, int]:
+    """Ready presignatures per wallet and quorum, as the schedulers see them."""
+    from handlers import withdrawals as wq
+    from ops.scheduler import PresignaturePool, SchedulerConfig
+
+    await wq.ensure_withdrawal_streams(c.js)
+    return await PresignaturePool(c, await wq.presigs_bucket(c.js), SchedulerConfig()).levels()
 
 
 def cmd_status(args) -> int:
@@ -175,8 +201,12 @@ def cmd_status(args) -> int:
         lines.append(f"  key {k['key_id']}: {k['threshold']}-of-{len(k['parties'])} {k['public_key']}")
     for f in st["ceremonies"]:
         lines.append(f"  in flight {f['execution']} ({f['kind']}): {f['parties']}")
+    lines.append(f"  withdrawal worker: {'running pid ' + str(st['worker']['pid']) if st['worker']['running'] else 'stopped'}")
     for key_id, pool in st["presignatures"].items():
-        lines.append(f"  presignatures for {key_id}: {pool}")
+        lines.append(f"  presignatures held by the parties for {key_id}: {pool}")
+    for name, n in sorted(st["pools"].items()):
+        lines.append(f"  pool {name}: {n} ready")
+    lines += [f"  WARNING: {w}" for w in st["warnings"]]
     emit(args, st, "\n".join(lines))
     return EXIT_OK
 
@@ -346,6 +376,9 @@ def configure(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--postgres-schema", help="schema for the PostgreSQL tables")
     up.add_argument("--round-timeout", type=float, default=120.0, help="seconds a party waits for a round")
     up.add_argument("--prime-pool", metavar="FILE", help="pregenerated safe primes (tests and demos only)")
+    up.add_argument("--shards", type=int, help="withdrawal request shards (default 2)")
+    up.add_argument("--pool-low", type=int, help="refill a presignature pool below this many (default 2)")
+    up.add_argument("--pool-high", type=int, help="refill up to this many presignatures (default 8)")
     up.set_defaults(func=_usage_errors(cmd_up))
 
     down = common(sub.add_parser("down", help="stop what `conclave up` started"))

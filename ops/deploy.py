@@ -77,12 +77,17 @@ class Deployment:
     def party_dir(self, i: int) -> Path:
         return self.home / f"party-{i}"
 
+    def policy_dir(self, i: int) -> Path:
+        """Party ``i``'s own copies of the wallets' policies."""
+        return self.party_dir(i) / "policies"
+
     def party_ids(self) -> list[int]:
         return list(range(1, int(self.config()["parties"]) + 1))
 
     # -- creation --
     def init(self, *, parties: int, threshold: int, level: str, nats_url: str | None,
-             store: dict[str, Any] | None, round_timeout: float, prime_pool: str | None) -> dict[str, Any]:
+             store: dict[str, Any] | None, round_timeout: float, prime_pool: str | None,
+             scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create the data directory and keys, or check an existing one agrees."""
         if self.exists():
             cfg = self.config()
@@ -113,6 +118,7 @@ class Deployment:
             "store": store or {"kind": "sqlite"},
             "round_timeout": round_timeout,
             "prime_pool": prime_pool,
+            "scheduler": dict(scheduler or {}),
             "roster": roster,
         }
         self._write_config(cfg)
@@ -156,20 +162,45 @@ class Deployment:
     def party_pid(self, i: int) -> int | None:
         return _read_pid(self.party_dir(i) / "party.pid")
 
-    def start_party(self, i: int, extra_env: dict[str, str] | None = None) -> int:
-        """Spawn party ``i`` as its own OS process (detached); return its pid."""
-        d = self.party_dir(i)
+    def worker_pid(self) -> int | None:
+        return _read_pid(self.home / "worker" / "worker.pid")
+
+    def worker_ready_marker(self) -> Path:
+        return self.home / "worker" / "worker.ready"
+
+    def _spawn(self, module: str, args: list[str], directory: Path, name: str,
+               extra_env: dict[str, str] | None = None) -> int:
+        directory.mkdir(exist_ok=True, mode=0o700)
         env = dict(os.environ)
         env.update(extra_env or {})
-        log = open(d / "party.log", "ab")
+        log = open(directory / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.party", "--data-dir", str(self.home.resolve()), "--party", str(i)],
+            [sys.executable, "-m", module, "--data-dir", str(self.home.resolve()), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
         log.close()
-        (d / "party.pid").write_text(str(proc.pid))
+        (directory / f"{name}.pid").write_text(str(proc.pid))
         return proc.pid
+
+    def start_party(self, i: int, extra_env: dict[str, str] | None = None) -> int:
+        """Spawn party ``i`` as its own OS process (detached); return its pid."""
+        return self._spawn("ops.party", ["--party", str(i)], self.party_dir(i), "party", extra_env)
+
+    def start_worker(self, extra_env: dict[str, str] | None = None) -> int:
+        """Spawn the withdrawal scheduler (owning every shard); return its pid."""
+        return self._spawn("ops.worker", [], self.home / "worker", "worker", extra_env)
+
+    def wait_worker_ready(self, pid: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _read_pid(self.worker_ready_marker()) == pid:
+                return
+            if not pid_alive(pid):
+                tail = (self.home / "worker" / "worker.log").read_text(errors="replace")[-2000:]
+                raise DeployError(f"the withdrawal worker exited during start-up; log tail:\n{tail}")
+            time.sleep(0.05)
+        raise DeployError(f"the withdrawal worker did not become ready within {timeout:g}s")
 
     def stop_pid(self, pid: int | None, timeout: float = 10.0) -> bool:
         """SIGTERM, wait, then SIGKILL. True if something was stopped."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 
 from engine.ceremony import tracing
+from engine.ceremony.policies import PolicyBook
 from engine.ceremony.runtime import PartyRuntime
 from engine.ceremony.store import PartyStore
 from handlers.party import PartyService
@@ -56,8 +57,10 @@ def main(argv=None) -> int:
                         format=f"%(asctime)s party-{i} %(levelname)s %(name)s: %(message)s")
     tracing.install(f"conclave-party-{i}")
     store = PartyStore(i, dep.store_config(i), dep.kek(i))
+    # the development allow-all policy only ever applies to the embedded single-machine deployment
+    policies = PolicyBook(dep.policy_dir(i), allow_dev=bool(cfg["nats"].get("embedded")))
     runtime = PartyRuntime(i, dep.identity(i), dep.roster(), store, level=cfg["level"],
-                           primes=prime_source(cfg.get("prime_pool"), i, int(cfg["parties"])))
+                           primes=prime_source(cfg.get("prime_pool"), i, int(cfg["parties"])), policies=policies)
     service = PartyService(runtime, cfg["nats"]["url"], ready_file=dep.party_dir(i) / "party.ready")
 
     async def run() -> None:

@@ -860,8 +860,21 @@ class PartyRuntime:
             pool = pools.setdefault(rec["key_id"], {"available": 0, "consumed": 0})
             pool["consumed" if rec["consumed"] else "available"] += 1
         finished = list(self._finished.values())
+        policies: dict[str, dict[str, Any]] = {}
+        warnings = []
+        for key_id in sorted(self._keys):
+            try:
+                pol = self.policies.get(key_id)
+            except NoPolicy as exc:
+                policies[key_id] = {"error": str(exc)}
+                warnings.append(f"wallet {key_id}: {exc}")
+                continue
+            policies[key_id] = {"version": pol.version, "digest": pol.digest.hex(), "dev": pol.dev}
+            if pol.dev:
+                warnings.append(f"wallet {key_id} runs under the DEVELOPMENT policy, which allows EVERY withdrawal; "
+                                f"install one with `conclave policy apply --key {key_id} FILE`")
         return {"party": self.party, "level": self.level, "keys": sorted(self._keys.values(), key=lambda k: k["key_id"]),
-                "ceremonies": flights, "presignatures": pools,
+                "ceremonies": flights, "presignatures": pools, "policies": policies, "warnings": warnings,
                 "finished": {"completed": finished.count("completed"), "aborted": finished.count("aborted")},
                 "rejected_messages": self._rejections}
 

@@ -43,7 +43,8 @@ def home(tmp_path):
 
 def test_up_status_presign_replay_down(home, capsys, tmp_path):
     h = str(home)
-    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL, "--json")
+    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL, "--pool-high", "0",
+                    "--json")
     assert code == 0 and [p["started"] for p in up["parties"]] == [True, True, True]
     assert up["nats"]["embedded"] and up["nats"]["url"].startswith("nats://127.0.0.1:")
 
@@ -84,7 +85,7 @@ def test_up_status_presign_replay_down(home, capsys, tmp_path):
     assert status["presignatures"][kg["key_id"]]["1"] == {"available": 1, "consumed": 1}
 
     code, down = run(capsys, "down", "--data-dir", h, "--json")
-    assert code == 0 and set(down["stopped"]) == {"party-1", "party-2", "party-3", "nats-server"}
+    assert code == 0 and set(down["stopped"]) == {"worker", "party-1", "party-2", "party-3", "nats-server"}
     code, status = run(capsys, "status", "--data-dir", h, "--json")
     assert {p["state"] for p in status["parties"]} == {"stopped"} and not status["nats"]["reachable"]
 
@@ -128,7 +129,7 @@ def test_operator_aborts_a_stalled_ceremony(home, capsys):
     import sys
 
     h = str(home)
-    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL,
+    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL, "--pool-high", "0",
                    "--round-timeout", "120", "--json")
     code, kg = run(capsys, "keygen", "--data-dir", h, "--json")
     assert code == 0
@@ -185,7 +186,7 @@ def pg_schema():
 def test_parties_on_postgresql(home, capsys, pg_schema):
     """The same deployment with every party's events in PostgreSQL instead of SQLite files."""
     h = str(home)
-    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL,
+    code, up = run(capsys, "up", "--data-dir", h, "--security-level", "dev-2048", "--prime-pool", POOL, "--pool-high", "0",
                    "--postgres", PG_DSN, "--postgres-schema", pg_schema, "--json")
     assert code == 0
     code, kg = run(capsys, "keygen", "--data-dir", h, "--json")

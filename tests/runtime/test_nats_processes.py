@@ -186,7 +186,7 @@ class Cluster:
         self.tap: Wiretap | None = None
 
     def up(self) -> None:
-        code, out = conclave(self.home, "up", "--security-level", "dev-2048", "--prime-pool", PRIME_POOL,
+        code, out = conclave(self.home, "up", "--security-level", "dev-2048", "--prime-pool", PRIME_POOL, "--pool-high", "0",
                              "--round-timeout", self.round_timeout)
         assert code == 0, out
         assert [p["started"] for p in out["parties"]] == [True, True, True]
