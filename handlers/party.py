@@ -165,7 +165,7 @@ class PartyService:
                 step = await anyio.to_thread.run_sync(self.runtime.expire)
                 if step.outgoing:
                     await self._publish_all(js, step.outgoing)
-                    self._refresh()
+                self._refresh()  # also picks up a newly installed policy file
 
     async def _resync(self, js, inbox: PullInbox) -> None:
         """Re-create the consumer from the first uncommitted sequence and bind to it again."""

@@ -376,6 +376,9 @@ class WithdrawalWorker:
         rid = request.request_id
         key = self.view.key(request.key_id)
         if key is None:
+            await self.view.refresh()  # a key made since the last health check
+            key = self.view.key(request.key_id)
+        if key is None:
             result = WithdrawalResult(rid, "rejected", reason=f"unknown wallet {request.key_id}", rule="request",
                                       attempts=state["attempts"])
             return await self._finish(rid, state, result), False

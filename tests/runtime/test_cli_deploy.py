@@ -32,7 +32,7 @@ def home(tmp_path):
     yield d
     if (d / "conclave.json").exists():
         main(["down", "--data-dir", str(d)])
-    for pidfile in list(d.glob("party-*/party.pid")) + [d / "nats" / "nats.pid"]:
+    for pidfile in list(d.glob("party-*/party.pid")) + [d / "worker" / "worker.pid", d / "nats" / "nats.pid"]:
         try:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
@@ -117,10 +117,22 @@ def test_usage_errors(home, capsys):
 
 
 def test_demo_runs_end_to_end(capsys):
-    code, out = run(capsys, "demo", "--security-level", "dev-2048", "--prime-pool", POOL, "--signatures", "2",
-                    "--json")
-    assert code == 0 and out["ok"] and len(out["signatures"]) == 2
-    assert all(s["verified"] for s in out["signatures"])
+    code, out = run(capsys, "demo", "--security-level", "dev-2048", "--prime-pool", POOL, "--json")
+    assert code == 0 and out["ok"] and not out["problems"], out.get("problems") or out.get("error")
+    rows = out["withdrawals"]
+    assert len(rows) == 13 and all(r["status"] == ("signed" if r["expected"] == "signed" else "rejected") for r in rows)
+    signed = [r for r in rows if r["status"] == "signed" and not r["resubmitted"]]
+    assert len(signed) == 6 and all(r["verified"] for r in signed)
+    assert {r["chain"] for r in signed} == {"ethereum", "bitcoin"}
+    rejected = sorted(r["rule"] for r in rows if r["status"] == "rejected")
+    assert rejected == ["approvals", "destinations", "destinations", "initiator", "limits.max_per_tx",
+                        "limits.max_per_tx"]
+    dup = next(r for r in rows if r["resubmitted"])
+    original = next(r for r in rows if r["request_id"] == dup["request_id"] and not r["resubmitted"])
+    assert dup["tx_hash"] == original["tx_hash"]  # the original result, not a second signature
+    assert out["duplicate"] == {"request_id": dup["request_id"], "broker_dropped_resubmission": True,
+                                "requeued_result_is_original": True}
+    assert out["policy"]["version"] == 1 and len(out["policy"]["digest"]) == 64
     assert not Path(out["data_dir"]).exists()  # the temporary deployment is gone
 
 
