@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.bench_runtime import configure as _configure_bench_runtime
 
     _configure_bench_runtime(sub)
+    from loadtest.withdrawals import configure as _configure_bench_withdrawals
+
+    _configure_bench_withdrawals(sub)
     return parser
 
 
