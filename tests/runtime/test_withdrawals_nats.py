@@ -264,3 +264,21 @@ def test_a_drained_pool_falls_back_to_a_full_presign(tmp_path, capsys):
         assert all(p == {} or all(v["available"] == 0 for v in p.values()) for p in [st["presignatures"]])
     finally:
         teardown(home)
+
+
+def test_conclave_withdraw_returns_a_transaction_from_the_wallet_address(pooled, capsys, tmp_path):
+    dep, key = pooled
+    home = str(dep.home)
+    code, addr = conclave(capsys, "address", "--data-dir", home, "--key", key["key_id"], "--path", "m/0/7", "--json")
+    assert code == 0 and addr["address"].startswith("0x")
+    request = tmp_path / "w.json"
+    request.write_text(json.dumps(eth("cli-1", key["key_id"], path="m/0/7").to_json()))
+    code, out = conclave(capsys, "withdraw", "--data-dir", home, "--request", str(request), "--json")
+    assert code == 0 and out["status"] == "signed", out
+    assert set(out) >= {"request_id", "status", "raw_tx", "tx_hash", "signature", "reason", "culprits", "attempts"}
+    assert Account.recover_transaction(out["raw_tx"]) == addr["address"]  # eth-account, not our code
+    code, refused = conclave(capsys, "withdraw", "--data-dir", home, "--key", key["key_id"], "--request-id", "cli-2",
+                             "--to", OTHER_ETH, "--value", "5", "--json")
+    assert code == 3 and refused["status"] == "rejected" and refused["rule"] == "destinations"
+    code, bad = conclave(capsys, "withdraw", "--data-dir", home, "--key", key["key_id"], "--json")
+    assert code == 2 and "--to" in bad["error"]
