@@ -361,11 +361,14 @@ def cmd_replay(args) -> int:
     return EXIT_OK
 
 
+def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every deployment command takes."""
+    p.add_argument("--data-dir", help="deployment directory (default: $CONCLAVE_HOME or ./.conclave)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
 def configure(sub: argparse._SubParsersAction) -> None:
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--data-dir", help="deployment directory (default: $CONCLAVE_HOME or ./.conclave)")
-        p.add_argument("--json", action="store_true", help="print one JSON object")
-        return p
 
     up = common(sub.add_parser("up", help="start the broker (embedded unless --nats) and the party processes"))
     up.add_argument("--parties", type=int, default=3)

@@ -12,7 +12,8 @@ import anyio
 from engine.ceremony.policies import PolicyBook
 from engine.policy import PolicyError, load_policy
 from engine.withdrawal import wallet_address
-from ops.commands import EXIT_ABORTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, _existing, _gather_status, _usage_errors
+from ops.commands import (EXIT_ABORTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, _existing, _gather_status,
+                          _usage_errors, common)
 from ops.output import emit, fail
 from schemas.withdrawal import RequestError, WithdrawalRequest
 
@@ -120,10 +121,6 @@ def cmd_policy_apply(args) -> int:
 
 
 def configure(sub: argparse._SubParsersAction) -> None:
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--data-dir", help="deployment directory (default: $CONCLAVE_HOME or ./.conclave)")
-        p.add_argument("--json", action="store_true", help="print one JSON object")
-        return p
 
     w = common(sub.add_parser("withdraw", help="submit one withdrawal request and wait for its result"))
     w.add_argument("--request", metavar="FILE.json", help="the request JSON ('-' reads stdin)")

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import bech32
-from coincurve import PublicKey
 
 from engine.crypto.ecdsa import HALF_Q, der_encode, verify_digest
+from engine.chains import compressed_pubkey
 from engine.crypto.group import Q
 
 __all__ = [
@@ -98,16 +98,6 @@ def _hrp(network: str) -> str:
         raise ValueError(f"network must be one of {sorted(NETWORKS)}, not {network!r}") from None
 
 
-def _check_pubkey(pubkey: bytes) -> bytes:
-    # P2WPKH requires compressed keys (BIP-143 standardness); we also check the point.
-    if not isinstance(pubkey, (bytes, bytearray)) or len(pubkey) != 33 or pubkey[0] not in (2, 3):
-        raise ValueError("pubkey must be a 33-byte compressed secp256k1 public key")
-    try:
-        PublicKey(bytes(pubkey))
-    except ValueError as exc:
-        raise ValueError("pubkey is not a point on secp256k1") from exc
-    return bytes(pubkey)
-
 
 def address(pubkey: bytes, network: str) -> str:
     """The bech32 P2WPKH address (witness v0, hash160 of the key) of a compressed public key.
@@ -115,7 +105,7 @@ def address(pubkey: bytes, network: str) -> str:
     Raises ValueError for an unknown network or a key that is not a compressed point.
     """
     hrp = _hrp(network)
-    encoded = bech32.encode(hrp, 0, hash160(_check_pubkey(pubkey)))
+    encoded = bech32.encode(hrp, 0, hash160(compressed_pubkey(pubkey)))
     if encoded is None:  # cannot happen for a 20-byte program
         raise ValueError("could not encode address")
     return encoded
@@ -235,7 +225,7 @@ def _check(
         amounts=tuple(txin.amount for txin in inputs),
         outputs=serialised,
         n_outputs=len(outputs),
-        pubkey=_check_pubkey(pubkey),
+        pubkey=compressed_pubkey(pubkey),
     )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from coincurve import PublicKey
 
+from engine.chains import compressed_pubkey
 from engine.crypto.group import Q
 
 __all__ = ["HARDENED", "MAX_DEPTH", "parse_path", "chain_code", "derive", "derive_for"]
@@ -71,15 +72,6 @@ def _check_indices(indices: Sequence[int], label: object) -> tuple[int, ...]:
     return tuple(indices)
 
 
-def _check_pubkey(pubkey: bytes) -> bytes:
-    if not isinstance(pubkey, (bytes, bytearray)) or len(pubkey) != 33 or pubkey[0] not in (2, 3):
-        raise ValueError("pubkey must be a 33-byte compressed secp256k1 public key")
-    try:
-        PublicKey(bytes(pubkey))
-    except ValueError as exc:
-        raise ValueError("pubkey is not a point on secp256k1") from exc
-    return bytes(pubkey)
-
 
 def chain_code(pubkey: bytes) -> bytes:
     """Conclave's public BIP-32 chain code for a root key: SHA-256(tag || pubkey).
@@ -87,7 +79,7 @@ def chain_code(pubkey: bytes) -> bytes:
     It is a function of the public key alone, so it is public. That costs only address
     unlinkability towards whoever knows the root public key, never key security.
     """
-    return hashlib.sha256(_CHAIN_CODE_TAG + _check_pubkey(pubkey)).digest()
+    return hashlib.sha256(_CHAIN_CODE_TAG + compressed_pubkey(pubkey)).digest()
 
 
 def derive(pubkey: bytes, code: bytes, path: str | Sequence[int]) -> tuple[bytes, int]:
@@ -101,7 +93,7 @@ def derive(pubkey: bytes, code: bytes, path: str | Sequence[int]) -> tuple[bytes
     point at infinity (BIP-32 says to skip to the next index; we refuse instead, so an
     index always means the same key).
     """
-    key = _check_pubkey(pubkey)
+    key = compressed_pubkey(pubkey)
     if not isinstance(code, (bytes, bytearray)) or len(code) != 32:
         raise ValueError("code must be a 32-byte chain code")
     if isinstance(path, str):
@@ -128,5 +120,5 @@ def derive(pubkey: bytes, code: bytes, path: str | Sequence[int]) -> tuple[bytes
 def derive_for(pubkey: bytes, path: str | None) -> tuple[bytes, int]:
     """Derive along ``path`` with Conclave's public :func:`chain_code`; None means the root key."""
     if path is None:
-        return _check_pubkey(pubkey), 0
+        return compressed_pubkey(pubkey), 0
     return derive(pubkey, chain_code(pubkey), path)

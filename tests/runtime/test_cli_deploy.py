@@ -14,6 +14,7 @@ import pytest
 
 from ops.cli import main
 from ops.deploy import Deployment, pid_alive
+from tests.runtime.support import teardown_deployment
 
 POOL = str(Path(__file__).resolve().parents[1] / "fixtures" / "safe_primes.json")
 
@@ -30,15 +31,7 @@ def run(capsys, *argv: str) -> tuple[int, dict]:
 def home(tmp_path):
     d = tmp_path / "conclave"
     yield d
-    if (d / "conclave.json").exists():
-        main(["down", "--data-dir", str(d)])
-    for pidfile in list(d.glob("party-*/party.pid")) + [d / "worker" / "worker.pid", d / "nats" / "nats.pid"]:
-        try:
-            pid = int(pidfile.read_text())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    teardown_deployment(d)
 
 
 def test_up_status_presign_replay_down(home, capsys, tmp_path):

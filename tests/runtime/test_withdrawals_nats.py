@@ -27,8 +27,9 @@ from handlers import withdrawals as wq
 from handlers.jetstream import publish
 from ops.cli import main
 from ops.client import CeremonyFailed, Coordinator
-from ops.deploy import Deployment, pid_alive
+from ops.deploy import Deployment
 from schemas.withdrawal import WithdrawalRequest, WithdrawalResult
+from tests.runtime.support import teardown_deployment
 
 POOL = str(Path(__file__).resolve().parents[1] / "fixtures" / "safe_primes.json")
 ALLOWED_ETH = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
@@ -51,18 +52,6 @@ def conclave(capsys, *argv: str) -> tuple[int, dict]:
     code = main(list(argv))
     out = capsys.readouterr().out.strip().splitlines()
     return code, (json.loads(out[-1]) if out else {})
-
-
-def teardown(home: Path) -> None:
-    if (home / "conclave.json").exists():
-        main(["down", "--data-dir", str(home)])
-    for pidfile in list(home.glob("party-*/party.pid")) + [home / "worker" / "worker.pid", home / "nats" / "nats.pid"]:
-        try:
-            pid = int(pidfile.read_text())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def deploy(capsys, home: Path, *extra: str) -> tuple[Deployment, dict]:
@@ -144,7 +133,7 @@ def pooled(tmp_path_factory):
         assert main(["policy", "apply", "--data-dir", str(home), "--key", key["key_id"], str(policy)]) == 0
         yield dep, key
     finally:
-        teardown(home)
+        teardown_deployment(home)
 
 
 async def _keygen(dep: Deployment) -> dict:
@@ -263,7 +252,7 @@ def test_a_drained_pool_falls_back_to_a_full_presign(tmp_path, capsys):
         # no pooled presignature was made or spent: each sign ran its own presign phase
         assert all(p == {} or all(v["available"] == 0 for v in p.values()) for p in [st["presignatures"]])
     finally:
-        teardown(home)
+        teardown_deployment(home)
 
 
 def test_conclave_withdraw_returns_a_transaction_from_the_wallet_address(pooled, capsys, tmp_path):
