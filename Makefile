@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The embedded broker and 3 party processes: a 2-of-3 keygen over NATS, a batch of
-# signatures (each verified), then a clean shutdown. Default (3072-bit) level.
+# The embedded broker, 3 party processes and the withdrawal worker: a 2-of-3 keygen, a wallet
+# policy, a batch of ETH/BTC withdrawals (each signed one verified), then a clean shutdown. Default (3072-bit) level.
 demo: $(STAMP)
 	$(BIN)/conclave demo
 

@@ -124,7 +124,7 @@ def test_demo_runs_end_to_end(capsys):
     original = next(r for r in rows if r["request_id"] == dup["request_id"] and not r["resubmitted"])
     assert dup["tx_hash"] == original["tx_hash"]  # the original result, not a second signature
     assert out["duplicate"] == {"request_id": dup["request_id"], "broker_dropped_resubmission": True,
-                                "requeued_result_is_original": True}
+                                "resubmission_got_original": True, "requeued_result_is_original": True}
     assert out["policy"]["version"] == 1 and len(out["policy"]["digest"]) == 64
     assert not Path(out["data_dir"]).exists()  # the temporary deployment is gone
 
