@@ -49,6 +49,7 @@ logging.getLogger("nats.js.kv").setLevel(logging.ERROR)  # warns about key filte
 
 # rules whose refusal is the answer, not a fault: retrying cannot change it
 FINAL_RULES = re.compile(r"^(limits\.|velocity\.|destinations|window|initiator|approvals|digest|policy$|request)")
+MAX_DELIVERIES = 5  # a request that fails inside the worker this often is dead-lettered
 _ALREADY_SIGNED = re.compile(r"already signed in ([A-Za-z0-9_-]+)")
 
 
@@ -332,13 +333,32 @@ class WithdrawalWorker:
                         await wq.publish_result(self.coord.js, result, deadletter=deadletter)
                     await msg.ack()
                     self.handled += 1
-                except Exception:
-                    # our fault or the broker's: leave it unacknowledged; it is redelivered and resumes
-                    log.exception("withdrawal request on %s failed unexpectedly; it will be redelivered", msg.subject)
+                except Exception as exc:
+                    delivered = msg.metadata.num_delivered
+                    if delivered < MAX_DELIVERIES:
+                        # our fault or the broker's: leave it unacknowledged; it is redelivered and resumes
+                        log.exception("withdrawal request on %s failed unexpectedly (delivery %d); it will be "
+                                      "redelivered", msg.subject, delivered)
+                    else:
+                        await self._give_up(msg, f"internal error on {delivered} deliveries: {type(exc).__name__}")
                 finally:
                     done.set()
         finally:
             limiter.release_on_behalf_of(token)
+
+    async def _give_up(self, msg: Any, reason: str) -> None:
+        """Dead-letter a request that keeps failing inside the worker, so it stops going round."""
+        rid = _request_id_of(msg.data)
+        log.error("giving up on withdrawal request %s: %s", rid, reason)
+        if rid is not None:
+            result = WithdrawalResult(rid, "failed", reason=reason)
+            try:
+                await self._finish(rid, {"status": "running"}, result)
+                await wq.publish_result(self.coord.js, result, deadletter=True)
+            except Exception:
+                log.exception("could not record the failure of %s; it stays queued", rid)
+                return
+        await msg.ack()
 
     # -- one request ------------------------------------------------------------------
 
