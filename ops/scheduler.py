@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -373,6 +373,11 @@ class WithdrawalWorker:
                 return None, False
             return WithdrawalResult(rid, "rejected", reason=f"bad request: {exc}", rule="request"), False
         state, rev = await self._claim(request)
+        if state.get("hash") != request.request_hash().hex():
+            # the same id for another request: never sign it, and leave the original's result in place
+            log.warning("request id %s was reused for a different request; ignored (the original stands)",
+                        request.request_id)
+            return None, False
         if state.get("status") == "done":
             log.info("request %s already finished: returning the original result", request.request_id)
             return WithdrawalResult.from_json(state["result"]), False
@@ -434,6 +439,7 @@ class WithdrawalWorker:
         return await self._finish(rid, state, result), False
 
     async def _finish(self, rid: str, state: dict[str, Any], result: WithdrawalResult) -> WithdrawalResult:
+        result = replace(result, request_hash=state.get("hash"))
         state.update(status="done", result=result.to_json())
         await self._save(rid, state)
         log.info("request %s %s%s", rid, result.status, f": {result.reason}" if result.reason else "")
@@ -496,6 +502,8 @@ class WithdrawalWorker:
                 if earlier is not None:
                     return self._signature(earlier, prepared, i)
         await self.coord.abort(execution, f"attempt failed: {exc.reason}", wait=0.1)
+        if "policy-version" in rules:
+            await self.view.refresh()  # a policy was just applied: bind the new digest on the retry
         if exc.culprits:
             excluded.update(exc.culprits)
         log.warning("request %s attempt %s on %s failed: %s (culprits %s)", request.request_id, execution, quorum,

@@ -68,6 +68,10 @@ def cmd_withdraw(args) -> int:
                                             "(is the withdrawal worker running? see `conclave status`)",
                     request_id=request.request_id)
     out = result.to_json()
+    if result.request_hash not in (None, request.request_hash().hex()):
+        return fail(args, EXIT_USAGE, f"request id {request.request_id} was already used for a different request; "
+                                      "choose a new id (the stored result belongs to the other request)",
+                    original=out)
     if result.status == "signed":
         human = f"{result.request_id}: signed\n  tx hash {result.tx_hash}\n  raw {result.raw_tx}"
     else:

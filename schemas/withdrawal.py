@@ -496,6 +496,7 @@ class WithdrawalResult:
     culprits: list[int] = field(default_factory=list, hash=False)
     attempts: int = 0
     rule: str | None = None
+    request_hash: str | None = None  # hex request_hash() of the request this answers: tells a reused id apart
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -503,7 +504,7 @@ class WithdrawalResult:
             "tx_hash": self.tx_hash,
             "signature": None if self.signature is None else dict(self.signature),
             "signatures": [dict(s) for s in self.signatures], "reason": self.reason, "rule": self.rule,
-            "culprits": list(self.culprits), "attempts": self.attempts,
+            "culprits": list(self.culprits), "attempts": self.attempts, "request_hash": self.request_hash,
         }
 
     def encode(self) -> bytes:
@@ -511,7 +512,7 @@ class WithdrawalResult:
 
     @classmethod
     def from_json(cls, data: bytes | str | Mapping[str, Any]) -> WithdrawalResult:
-        o = _object(_load(data, "result"), "", _RESULT_FIELDS)
+        o = _object(_load(data, "result"), "", _RESULT_FIELDS, ("request_hash",))
         status = o["status"]
         if status not in RESULT_STATUSES:
             _fail("status", f"must be one of {', '.join(RESULT_STATUSES)}")
@@ -532,4 +533,5 @@ class WithdrawalResult:
             culprits=[_int(c, f"culprits[{i}]", 0, 2**32 - 1) for i, c in enumerate(culprits)],
             attempts=_int(o["attempts"], "attempts", 0, 2**32 - 1),
             rule=_opt_text(o["rule"], "rule"),
+            request_hash=_opt_text(o.get("request_hash"), "request_hash"),
         )

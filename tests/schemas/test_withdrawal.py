@@ -307,8 +307,10 @@ def test_result_round_trip() -> None:
     )
     j = signed.to_json()
     assert list(j) == ["request_id", "status", "raw_tx", "tx_hash", "signature", "signatures", "reason", "rule",
-                       "culprits", "attempts"]
+                       "culprits", "attempts", "request_hash"]
     assert WithdrawalResult.from_json(j) == signed
+    without = {k: v for k, v in j.items() if k != "request_hash"}  # results from before the field existed
+    assert WithdrawalResult.from_json(without).request_hash is None
     assert WithdrawalResult.from_json(signed.encode()) == signed
     rejected = WithdrawalResult("w-2", "rejected", reason="destination x is not on the allowlist",
                                 rule="destinations")
