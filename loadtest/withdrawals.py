@@ -16,8 +16,10 @@ withdrawal runs a presign.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,12 +144,13 @@ def cmd_bench_withdrawals(args) -> int:
     if args.prime_pool:
         up += ["--prime-pool", args.prime_pool]
     t0 = time.perf_counter()
-    if conclave(up) != 0:
-        return 4
-    try:
-        out = anyio.run(_measure, Deployment(home), args)
-    finally:
-        conclave(["down", "--data-dir", str(home)])
+    with contextlib.redirect_stdout(sys.stderr):  # with --json, stdout holds only this command's object
+        if conclave(up) != 0:
+            return 4
+        try:
+            out = anyio.run(_measure, Deployment(home), args)
+        finally:
+            conclave(["down", "--data-dir", str(home)])
     out["wall_seconds"] = round(time.perf_counter() - t0, 1)
     lat, burst = out["latency"], out["burst"]
     emit(args, out, "\n".join([
@@ -166,7 +169,7 @@ def configure(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--security-level", default="cggmp21-128")
     p.add_argument("--prime-pool", metavar="FILE", help="pregenerated safe primes (keygen without prime search)")
     p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--latency-samples", type=int, default=50)
+    p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--burst", type=int, default=500)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--fill-parallel", type=int, default=2, help="presigns in flight while filling the pool")

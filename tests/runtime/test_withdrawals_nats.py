@@ -166,7 +166,8 @@ def test_two_hundred_withdrawals_across_two_shards(pooled):
     dup = requests[5]
     altered = eth(dup.request_id, kid, value=999, nonce=5)
     t0 = time.monotonic()
-    results = anyio.run(lambda: stream(dep, requests + [dup], extra_publishes=[(altered, "replayed-later")]))
+    results = anyio.run(lambda: stream(dep, requests + [dup], extra_publishes=[
+        (dup, "replayed-later"), (altered, "altered-later")]))
     seconds = time.monotonic() - t0
     assert set(results) == set(expect)
     shards = {wq.shard_of(rid, 2) for rid in expect}
@@ -180,9 +181,10 @@ def test_two_hundred_withdrawals_across_two_shards(pooled):
         else:
             assert res.status == "rejected" and res.rule == rule, (r.request_id, res.status, res.rule, res.reason)
             assert res.raw_tx is None and res.reason
-    # the replayed duplicate got the original result: one request id, one signature
+    # the replays got the original result: one request id, one signature; the altered body was never signed
+    assert results[dup.request_id].request_hash == dup.request_hash().hex()
     again = anyio.run(lambda: stream(dep, [altered], timeout=30))[dup.request_id]
-    assert again == results[dup.request_id]
+    assert again == results[dup.request_id] and again.request_hash != altered.request_hash().hex()
     statuses = [results[r].status for r in expect]
     print(f"200 withdrawals in {seconds:.1f}s: {statuses.count('signed')} signed, "
           f"{statuses.count('rejected')} rejected")
@@ -266,8 +268,33 @@ def test_conclave_withdraw_returns_a_transaction_from_the_wallet_address(pooled,
     assert code == 0 and out["status"] == "signed", out
     assert set(out) >= {"request_id", "status", "raw_tx", "tx_hash", "signature", "reason", "culprits", "attempts"}
     assert Account.recover_transaction(out["raw_tx"]) == addr["address"]  # eth-account, not our code
+    request.write_text(json.dumps(eth("cli-1", key["key_id"], path="m/0/7", value=1).to_json()))
+    code, reused = conclave(capsys, "withdraw", "--data-dir", home, "--request", str(request), "--json")
+    assert code == 2 and "already used for a different request" in reused["error"]
+    assert reused["original"]["raw_tx"] == out["raw_tx"]
     code, refused = conclave(capsys, "withdraw", "--data-dir", home, "--key", key["key_id"], "--request-id", "cli-2",
                              "--to", OTHER_ETH, "--value", "5", "--json")
     assert code == 3 and refused["status"] == "rejected" and refused["rule"] == "destinations"
     code, bad = conclave(capsys, "withdraw", "--data-dir", home, "--key", key["key_id"], "--json")
     assert code == 2 and "--to" in bad["error"]
+
+
+def test_a_request_that_cannot_be_signed_is_dead_lettered(pooled, capsys):
+    dep, key = pooled
+    for i in (2, 3):
+        os.kill(dep.party_pid(i), signal.SIGKILL)
+    time.sleep(4)  # the worker's health view forgets a party after 3 s of silence
+    try:
+        result = anyio.run(lambda: stream(dep, [eth("doomed", key["key_id"])], timeout=120))["doomed"]
+        assert result.status == "failed" and result.raw_tx is None
+        assert "fewer than 2 healthy parties" in result.reason and result.attempts == 4
+
+        async def deadletter():
+            async with Coordinator(dep) as c:
+                msg = await c.js.get_last_msg(wq.DEADLETTER_STREAM, wq.deadletter_subject("doomed"))
+                return WithdrawalResult.from_json(msg.data)
+
+        assert anyio.run(deadletter) == result
+    finally:
+        assert main(["up", "--data-dir", str(dep.home)]) == 0
+        capsys.readouterr()
