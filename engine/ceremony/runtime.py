@@ -506,12 +506,9 @@ class PartyRuntime:
         signed = self._signed.get((request.request_id, i))
         if signed is not None:
             return f"request {request.request_id} input {i} was already signed in {signed}", "idempotency"
-        for other in self._running.values():
-            other_p = other.params if other is not None else {}
-            if other is not None and other.kind == "sign" and "withdrawal" in other_p \
-                    and other_p["input"] == i and WithdrawalRequest.from_json(other_p["withdrawal"]).request_id \
-                    == request.request_id:
-                return f"request {request.request_id} input {i} is being signed in {other.execution}", "idempotency"
+        running = self._signing_now(request.request_id, i)
+        if running is not None:
+            return f"request {request.request_id} input {i} is being signed in {running}", "idempotency"
         try:
             policy = self.policies.get(request.key_id)
         except NoPolicy as exc:
@@ -534,6 +531,15 @@ class PartyRuntime:
         if decision.allowed:
             return None
         return f"policy: {decision.reason}", decision.rule
+
+    def _signing_now(self, request_id: str, input_: int) -> str | None:
+        """The running ceremony that signs this request input, if any."""
+        for ex in list(self._running):
+            p = (cer := self._ceremony(ex)).params
+            if cer.kind == "sign" and "withdrawal" in p and p["input"] == input_ \
+                    and WithdrawalRequest.from_json(p["withdrawal"]).request_id == request_id:
+                return ex
+        return None
 
     def _tweak(self, cer: Ceremony) -> int:
         """The HD tweak of a withdrawal's derived key (0 for plain digest signing)."""

@@ -163,3 +163,18 @@ def test_a_bitcoin_withdrawal_signs_every_input(sqlite_cluster):
         h = SignatureHash(code, tx, i, SIGHASH_ALL, amount=inp.amount, sigversion=SIGVERSION_WITNESS_V0)
         r, s, _ = sigs[i]
         assert ecdsa.verify_digest(prepared.public_key, h, r, s, require_low_s=True)
+
+
+def test_a_request_input_being_signed_cannot_start_again(sqlite_cluster):
+    c = sqlite_cluster
+    request = eth_request()
+    prepared = wd.prepare(request, group_key(c))
+    params = {"key_id": KEY_ID, "digest": prepared.digests[0], "withdrawal": request.encode(), "input": 0,
+              "policy": DEV_POLICY.digest}
+    c.start("s-a", "sign", (1, 2), params)
+    c.start("s-b", "sign", (1, 3), params)
+    assert c.deliver_next(1)[1].endswith("s-a.start.all")
+    c.rt(1).reset_cache()  # the guard must also see a running ceremony that is not in the cache
+    c.run()
+    assert {o["status"] for o in c.outcomes("s-a").values()} == {"completed"}
+    assert c.outcomes("s-b")[1]["reason"] == "request w-1 input 0 is being signed in s-a"
