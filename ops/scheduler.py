@@ -22,6 +22,7 @@ wallet's pool between its low and high watermarks.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -123,11 +124,7 @@ class PartyView:
         return {i for i, t in self.seen.items() if now - t < 3.0}
 
     def key(self, key_id: str) -> dict[str, Any] | None:
-        for st in self.status.values():
-            for k in st.get("keys", []):
-                if k["key_id"] == key_id:
-                    return k
-        return None
+        return next((k for k in self.keys() if k["key_id"] == key_id), None)
 
     def keys(self) -> list[dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -372,7 +369,7 @@ class WithdrawalWorker:
             if rid is None:
                 return None, False
             return WithdrawalResult(rid, "rejected", reason=f"bad request: {exc}", rule="request"), False
-        state, rev = await self._claim(request)
+        state = await self._claim(request)
         if state.get("hash") != request.request_hash().hex():
             # the same id for another request: never sign it, and leave the original's result in place
             log.warning("request id %s was reused for a different request; ignored (the original stands)",
@@ -381,23 +378,22 @@ class WithdrawalWorker:
         if state.get("status") == "done":
             log.info("request %s already finished: returning the original result", request.request_id)
             return WithdrawalResult.from_json(state["result"]), False
-        result, deadletter = await self._sign(request, state, rev)
-        return result, deadletter
+        return await self._sign(request, state)
 
-    async def _claim(self, request: WithdrawalRequest) -> tuple[dict[str, Any], int]:
+    async def _claim(self, request: WithdrawalRequest) -> dict[str, Any]:
+        """The request's state: new (claimed now, atomically) or as an earlier delivery left it."""
         rid = request.request_id
         fresh = {"status": "running", "hash": request.request_hash().hex(), "attempts": 0, "sigs": {}}
         try:
-            rev = await self.requests.create(rid, wq.encode_state(fresh))
-            return fresh, rev
+            await self.requests.create(rid, wq.encode_state(fresh))
+            return fresh
         except nats.js.errors.KeyWrongLastSequenceError:
-            entry = await self.requests.get(rid)
-            return wq.decode_state(entry.value), entry.revision
+            return wq.decode_state((await self.requests.get(rid)).value)
 
     async def _save(self, rid: str, state: dict[str, Any]) -> None:
         await self.requests.put(rid, wq.encode_state(state))
 
-    async def _sign(self, request: WithdrawalRequest, state: dict[str, Any], rev: int) -> tuple[WithdrawalResult, bool]:
+    async def _sign(self, request: WithdrawalRequest, state: dict[str, Any]) -> tuple[WithdrawalResult, bool]:
         rid = request.request_id
         key = self.view.key(request.key_id)
         if key is None:
@@ -524,8 +520,6 @@ class WithdrawalWorker:
 
 
 def _request_id_of(data: bytes) -> str | None:
-    import json
-
     try:
         rid = json.loads(data).get("request_id")
     except Exception:
