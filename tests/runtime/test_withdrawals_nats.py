@@ -298,3 +298,27 @@ def test_a_request_that_cannot_be_signed_is_dead_lettered(pooled, capsys):
     finally:
         assert main(["up", "--data-dir", str(dep.home)]) == 0
         capsys.readouterr()
+
+
+def test_an_external_broker_signs_only_under_an_explicit_policy(nats_server, tmp_path, capsys):
+    home = tmp_path / "conclave"
+    try:
+        dep, key = deploy(capsys, home, "--nats", nats_server.url, "--pool-high", "0")
+        code, refused = conclave(capsys, "withdraw", "--data-dir", str(home), "--key", key["key_id"],
+                                 "--request-id", "ext-1", "--to", ALLOWED_ETH, "--value", "5", "--json")
+        assert code == 3 and refused["status"] == "rejected" and refused["rule"] == "policy"
+        assert "no policy installed" in refused["reason"]
+        code, st = conclave(capsys, "status", "--data-dir", str(home), "--json")
+        assert any("no policy installed" in w for w in st["warnings"])
+        policy = tmp_path / "policy.toml"
+        policy.write_bytes(POLICY)
+        assert conclave(capsys, "policy", "apply", "--data-dir", str(home), "--key", key["key_id"], str(policy),
+                        "--json")[0] == 0
+        time.sleep(2.5)  # parties refresh their status every second; the worker polls it every second
+        code, signed = conclave(capsys, "withdraw", "--data-dir", str(home), "--key", key["key_id"],
+                                "--request-id", "ext-2", "--to", ALLOWED_ETH, "--value", "5", "--json")
+        assert code == 0 and signed["status"] == "signed", signed
+        code, st = conclave(capsys, "status", "--data-dir", str(home), "--json")
+        assert st["warnings"] == []
+    finally:
+        teardown_deployment(home)
