@@ -35,20 +35,19 @@ class Prepared:
         return f"Prepared({self.request.request_id!r}, {len(self.digests)} digest(s))"
 
 
-def _eth_fields(tx: EthereumTx) -> dict:
+def _eth_tx(tx: EthereumTx) -> ethereum.Transaction:
     try:
         to = ethereum.parse_address(tx.to)
     except ValueError as exc:
         raise RequestError(f"tx.to: {exc}") from None
-    return dict(chain_id=tx.chain_id, nonce=tx.nonce, to=to, value=tx.value, gas=tx.gas,
-                max_fee_per_gas=tx.max_fee_per_gas, max_priority_fee_per_gas=tx.max_priority_fee_per_gas,
-                data=tx.data)
+    return ethereum.Transaction(tx.chain_id, tx.nonce, to, tx.value, tx.gas, tx.max_fee_per_gas,
+                                tx.max_priority_fee_per_gas, tx.data)
 
 
-def _btc_fields(tx: BitcoinTx, public_key: bytes) -> dict:
-    return dict(version=tx.version, locktime=tx.locktime, pubkey=public_key, network=tx.network,
-                inputs=[bitcoin.TxIn(i.txid, i.vout, i.amount, i.sequence) for i in tx.inputs],
-                outputs=[bitcoin.TxOut(o.address, o.amount) for o in tx.outputs])
+def _btc_spend(tx: BitcoinTx, public_key: bytes) -> bitcoin.Spend:
+    return bitcoin.Spend(version=tx.version, locktime=tx.locktime, pubkey=public_key, network=tx.network,
+                         inputs=[bitcoin.TxIn(i.txid, i.vout, i.amount, i.sequence) for i in tx.inputs],
+                         outputs=[bitcoin.TxOut(o.address, o.amount) for o in tx.outputs])
 
 
 def wallet_address(group_key: bytes, chain: str, path: str | None = None, network: str | None = None) -> str:
@@ -73,10 +72,10 @@ def prepare(request: WithdrawalRequest, group_key: bytes) -> Prepared:
     tx = request.tx
     try:
         if isinstance(tx, EthereumTx):
-            digests = (ethereum.signing_hash(**_eth_fields(tx)),)
+            digests = (ethereum.signing_hash(_eth_tx(tx)),)
             address = ethereum.address(child)
         else:
-            digests = tuple(bitcoin.sighashes(**_btc_fields(tx, child)))
+            digests = tuple(bitcoin.sighashes(_btc_spend(tx, child)))
             address = bitcoin.address(child, tx.network)
     except RequestError:
         raise
@@ -92,7 +91,7 @@ def assemble(prepared: Prepared, signatures: Sequence[tuple[int, int, int]]) -> 
     tx = prepared.request.tx
     if isinstance(tx, EthereumTx):
         (r, s, v), = signatures
-        raw = ethereum.signed_raw(**_eth_fields(tx), r=r, s=s, v=v)
+        raw = ethereum.signed_raw(_eth_tx(tx), r=r, s=s, v=v)
         return "0x" + raw.hex(), ethereum.tx_hash(raw)
-    raw = bitcoin.signed_raw(**_btc_fields(tx, prepared.public_key), signatures=[(r, s) for r, s, _ in signatures])
+    raw = bitcoin.signed_raw(_btc_spend(tx, prepared.public_key), [(r, s) for r, s, _ in signatures])
     return raw.hex(), bitcoin.txid(raw)

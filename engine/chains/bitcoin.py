@@ -29,6 +29,7 @@ __all__ = [
     "MAX_MONEY",
     "SIGHASH_ALL",
     "TxIn",
+    "Spend",
     "TxOut",
     "hash160",
     "address",
@@ -186,14 +187,21 @@ class _Checked:
     pubkey: bytes
 
 
-def _check(
-    version: int,
-    locktime: int,
-    inputs: Sequence[TxIn],
-    outputs: Sequence[TxOut],
-    pubkey: bytes,
-    network: str,
-) -> _Checked:
+@dataclass(frozen=True)
+class Spend:
+    """An unsigned transaction whose every input spends the P2WPKH output of ``pubkey``."""
+
+    version: int
+    locktime: int
+    inputs: Sequence[TxIn]
+    outputs: Sequence[TxOut]
+    pubkey: bytes
+    network: str
+
+
+def _check(spend: Spend) -> _Checked:
+    version, locktime, inputs, outputs, network = (spend.version, spend.locktime, spend.inputs, spend.outputs,
+                                                   spend.network)
     _hrp(network)
     _u32("version", version)
     _u32("locktime", locktime)
@@ -225,7 +233,7 @@ def _check(
         amounts=tuple(txin.amount for txin in inputs),
         outputs=serialised,
         n_outputs=len(outputs),
-        pubkey=compressed_pubkey(pubkey),
+        pubkey=compressed_pubkey(spend.pubkey),
     )
 
 
@@ -254,15 +262,7 @@ def _sighashes(tx: _Checked) -> list[bytes]:
     return digests
 
 
-def sighashes(
-    *,
-    version: int,
-    locktime: int,
-    inputs: Sequence[TxIn],
-    outputs: Sequence[TxOut],
-    pubkey: bytes,
-    network: str,
-) -> list[bytes]:
+def sighashes(spend: Spend) -> list[bytes]:
     """The 32-byte BIP-143 SIGHASH_ALL digest of each input, in input order.
 
     Every input is taken to spend the P2WPKH output of ``pubkey``.
@@ -271,7 +271,7 @@ def sighashes(
     [1, 21e14] sat, outputs exceeding inputs (negative fee), a version, locktime, vout or
     sequence outside uint32, a duplicate outpoint, or an address not of ``network``.
     """
-    return _sighashes(_check(version, locktime, inputs, outputs, pubkey, network))
+    return _sighashes(_check(spend))
 
 
 def _serialise(tx: _Checked, witnesses: Sequence[Sequence[bytes]] | None) -> bytes:
@@ -288,16 +288,7 @@ def _serialise(tx: _Checked, witnesses: Sequence[Sequence[bytes]] | None) -> byt
     return tx.version + b"\x00\x01" + body + stack + tx.locktime  # marker 0x00, flag 0x01
 
 
-def signed_raw(
-    *,
-    version: int,
-    locktime: int,
-    inputs: Sequence[TxIn],
-    outputs: Sequence[TxOut],
-    pubkey: bytes,
-    network: str,
-    signatures: Sequence[tuple[int, int]],
-) -> bytes:
+def signed_raw(spend: Spend, signatures: Sequence[tuple[int, int]]) -> bytes:
     """The broadcastable segwit transaction; input i's witness is [DER(r, s) || 0x01, pubkey].
 
     ``signatures[i]`` is the (r, s) over ``sighashes(...)[i]``. Each must be low-S (Bitcoin
@@ -306,7 +297,7 @@ def signed_raw(
     Raises ValueError for the reasons :func:`sighashes` does, a signature count that differs
     from the input count, or a signature that is high-S or does not verify.
     """
-    tx = _check(version, locktime, inputs, outputs, pubkey, network)
+    tx = _check(spend)
     digests = _sighashes(tx)
     if isinstance(signatures, (str, bytes)) or not isinstance(signatures, Sequence):
         raise ValueError("signatures must be a sequence of (r, s)")

@@ -13,14 +13,16 @@ because an encoding mistake here would move funds somewhere nobody intended.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import rlp
 from coincurve import PublicKey
 from eth_hash.auto import keccak
 
+from engine.chains import compressed_pubkey
 from engine.crypto.group import Q
 
-__all__ = ["TX_TYPE", "address", "parse_address", "signing_hash", "signed_raw", "tx_hash"]
+__all__ = ["TX_TYPE", "Transaction", "address", "parse_address", "signing_hash", "signed_raw", "tx_hash"]
 
 TX_TYPE = 0x02  # EIP-2718 envelope type of EIP-1559 transactions
 
@@ -41,12 +43,7 @@ def address(pubkey: bytes) -> str:
 
     Raises ValueError if ``pubkey`` is not a valid compressed point.
     """
-    if not isinstance(pubkey, (bytes, bytearray)) or len(pubkey) != 33 or pubkey[0] not in (2, 3):
-        raise ValueError("pubkey must be a 33-byte compressed secp256k1 public key")
-    try:
-        full = PublicKey(bytes(pubkey)).format(compressed=False)
-    except ValueError as exc:
-        raise ValueError("pubkey is not a point on secp256k1") from exc
+    full = PublicKey(compressed_pubkey(pubkey)).format(compressed=False)
     return _checksum(keccak(full[1:])[-20:])
 
 
@@ -75,77 +72,48 @@ def _uint(name: str, value: object, *, minimum: int = 0) -> int:
     return value
 
 
-def _fields(
-    chain_id: int,
-    nonce: int,
-    to: bytes,
-    value: int,
-    gas: int,
-    max_fee_per_gas: int,
-    max_priority_fee_per_gas: int,
-    data: bytes,
-) -> list[object]:
-    """The nine unsigned fields of an EIP-1559 transaction, in RLP order, validated."""
-    _uint("chain_id", chain_id, minimum=1)
-    _uint("nonce", nonce)
-    _uint("value", value)
-    _uint("gas", gas)
-    _uint("max_fee_per_gas", max_fee_per_gas)
-    _uint("max_priority_fee_per_gas", max_priority_fee_per_gas)
-    if max_priority_fee_per_gas > max_fee_per_gas:
-        raise ValueError("max_priority_fee_per_gas must not exceed max_fee_per_gas")
-    if not isinstance(to, (bytes, bytearray)) or len(to) != 20:
-        raise ValueError("to must be 20 bytes (contract creation is not supported)")
-    if not isinstance(data, (bytes, bytearray)):
-        raise ValueError("data must be bytes")
-    access_list: list[object] = []
-    return [
-        chain_id,
-        nonce,
-        max_priority_fee_per_gas,
-        max_fee_per_gas,
-        gas,
-        bytes(to),
-        value,
-        bytes(data),
-        access_list,
-    ]
+@dataclass(frozen=True)
+class Transaction:
+    """The unsigned fields of an EIP-1559 transaction (the access list is always empty)."""
+
+    chain_id: int
+    nonce: int
+    to: bytes
+    value: int
+    gas: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+    data: bytes = b""
+
+    def fields(self) -> list[object]:
+        """The nine unsigned fields in RLP order, validated; ValueError names a bad one."""
+        _uint("chain_id", self.chain_id, minimum=1)
+        _uint("nonce", self.nonce)
+        _uint("value", self.value)
+        _uint("gas", self.gas)
+        _uint("max_fee_per_gas", self.max_fee_per_gas)
+        _uint("max_priority_fee_per_gas", self.max_priority_fee_per_gas)
+        if self.max_priority_fee_per_gas > self.max_fee_per_gas:
+            raise ValueError("max_priority_fee_per_gas must not exceed max_fee_per_gas")
+        if not isinstance(self.to, (bytes, bytearray)) or len(self.to) != 20:
+            raise ValueError("to must be 20 bytes (contract creation is not supported)")
+        if not isinstance(self.data, (bytes, bytearray)):
+            raise ValueError("data must be bytes")
+        access_list: list[object] = []
+        return [self.chain_id, self.nonce, self.max_priority_fee_per_gas, self.max_fee_per_gas, self.gas,
+                bytes(self.to), self.value, bytes(self.data), access_list]
 
 
-def signing_hash(
-    *,
-    chain_id: int,
-    nonce: int,
-    to: bytes,
-    value: int,
-    gas: int,
-    max_fee_per_gas: int,
-    max_priority_fee_per_gas: int,
-    data: bytes,
-) -> bytes:
+def signing_hash(tx: Transaction) -> bytes:
     """The 32-byte digest to sign: keccak(0x02 || rlp([chain_id, nonce, max_priority_fee_per_gas,
     max_fee_per_gas, gas, to, value, data, access_list=[]])).
 
     Raises ValueError naming the field that is out of range or of the wrong type.
     """
-    fields = _fields(chain_id, nonce, to, value, gas, max_fee_per_gas, max_priority_fee_per_gas, data)
-    return keccak(bytes([TX_TYPE]) + rlp.encode(fields))
+    return keccak(bytes([TX_TYPE]) + rlp.encode(tx.fields()))
 
 
-def signed_raw(
-    *,
-    chain_id: int,
-    nonce: int,
-    to: bytes,
-    value: int,
-    gas: int,
-    max_fee_per_gas: int,
-    max_priority_fee_per_gas: int,
-    data: bytes,
-    r: int,
-    s: int,
-    v: int,
-) -> bytes:
+def signed_raw(tx: Transaction, *, r: int, s: int, v: int) -> bytes:
     """The broadcastable transaction: 0x02 || rlp([..nine fields.., y_parity=v, r, s]).
 
     ``v`` is the y parity (0 or 1), not a legacy 27/28 or EIP-155 value. ``s`` must be low
@@ -153,7 +121,7 @@ def signed_raw(
 
     Raises ValueError naming the bad field.
     """
-    fields = _fields(chain_id, nonce, to, value, gas, max_fee_per_gas, max_priority_fee_per_gas, data)
+    fields = tx.fields()
     if not isinstance(v, int) or isinstance(v, bool) or v not in (0, 1):
         raise ValueError("v must be the y parity, 0 or 1")
     for name, k in (("r", r), ("s", s)):

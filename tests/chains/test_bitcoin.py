@@ -40,8 +40,8 @@ def script_code(pubkey: bytes) -> CScript:
 
 
 def test_sighashes_and_serialisation_match_python_bitcoinlib() -> None:
-    digests = btc.sighashes(**TX)
-    raw = btc.signed_raw(**TX, signatures=[sign(d) for d in digests])
+    digests = btc.sighashes(btc.Spend(**TX))
+    raw = btc.signed_raw(btc.Spend(**TX), [sign(d) for d in digests])
     tx = CTransaction.deserialize(raw)  # also proves our serialisation parses
     assert tx.serialize() == raw
     assert tx.nVersion == 2 and tx.nLockTime == 0x11
@@ -64,7 +64,8 @@ def test_sighashes_and_serialisation_match_python_bitcoinlib() -> None:
 
 def test_sighash_commits_to_amount() -> None:
     more = dataclasses.replace(INPUTS[1], amount=INPUTS[1].amount + 1)
-    assert btc.sighashes(**{**TX, "inputs": [INPUTS[0], more]})[1] != btc.sighashes(**TX)[1]
+    changed = btc.Spend(**{**TX, "inputs": [INPUTS[0], more]})
+    assert btc.sighashes(changed)[1] != btc.sighashes(btc.Spend(**TX))[1]
 
 
 def test_addresses() -> None:
@@ -124,21 +125,21 @@ def test_v1_with_bech32_checksum_is_unsupported() -> None:
 )
 def test_validation(change: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        btc.sighashes(**{**TX, **change})
+        btc.sighashes(btc.Spend(**{**TX, **change}))
 
 
 def test_signed_raw_rejects_bad_signatures() -> None:
-    sigs = [sign(d) for d in btc.sighashes(**TX)]
+    sigs = [sign(d) for d in btc.sighashes(btc.Spend(**TX))]
     with pytest.raises(ValueError, match="2 inputs"):
-        btc.signed_raw(**TX, signatures=sigs[:1])
+        btc.signed_raw(btc.Spend(**TX), sigs[:1])
     with pytest.raises(ValueError, match=r"signatures\[1\].s must be low"):
-        btc.signed_raw(**TX, signatures=[sigs[0], (sigs[1][0], Q - sigs[1][1])])
+        btc.signed_raw(btc.Spend(**TX), [sigs[0], (sigs[1][0], Q - sigs[1][1])])
     with pytest.raises(ValueError, match=r"signatures\[0\] does not verify"):
-        btc.signed_raw(**TX, signatures=[sigs[1], sigs[0]])
+        btc.signed_raw(btc.Spend(**TX), [sigs[1], sigs[0]])
 
 
 def test_txid_rejects_truncated() -> None:
-    raw = btc.signed_raw(**TX, signatures=[sign(d) for d in btc.sighashes(**TX)])
+    raw = btc.signed_raw(btc.Spend(**TX), [sign(d) for d in btc.sighashes(btc.Spend(**TX))])
     with pytest.raises(ValueError, match="raw"):
         btc.txid(raw[:-1])
     with pytest.raises(ValueError, match="raw"):

@@ -59,8 +59,8 @@ def test_address_matches_eth_account() -> None:
 
 @pytest.mark.parametrize("tx", [TX, {**TX, "data": b"", "chain_id": 11155111, "nonce": 0, "value": 0}])
 def test_signed_transaction_recovers_and_matches_eth_account(tx: dict) -> None:
-    r, s, v = sign(ethereum.signing_hash(**tx))
-    raw = ethereum.signed_raw(**tx, r=r, s=s, v=v)
+    r, s, v = sign(ethereum.signing_hash(ethereum.Transaction(**tx)))
+    raw = ethereum.signed_raw(ethereum.Transaction(**tx), r=r, s=s, v=v)
     assert raw[0] == 0x02
     assert Account.recover_transaction("0x" + raw.hex()) == ethereum.address(PUB)
     # RFC 6979 is deterministic, so an independent signer produces the very same bytes
@@ -98,17 +98,17 @@ def test_parse_address() -> None:
 )
 def test_field_validation(change: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        ethereum.signing_hash(**{**TX, **change})
+        ethereum.signing_hash(ethereum.Transaction(**{**TX, **change}))
 
 
 def test_signature_validation() -> None:
-    r, s, v = sign(ethereum.signing_hash(**TX))
+    r, s, v = sign(ethereum.signing_hash(ethereum.Transaction(**TX)))
     with pytest.raises(ValueError, match="v must"):
-        ethereum.signed_raw(**TX, r=r, s=s, v=27)
+        ethereum.signed_raw(ethereum.Transaction(**TX), r=r, s=s, v=27)
     with pytest.raises(ValueError, match="s must be low"):
-        ethereum.signed_raw(**TX, r=r, s=Q - s, v=v ^ 1)
+        ethereum.signed_raw(ethereum.Transaction(**TX), r=r, s=Q - s, v=v ^ 1)
     with pytest.raises(ValueError, match="r must"):
-        ethereum.signed_raw(**TX, r=0, s=s, v=v)
+        ethereum.signed_raw(ethereum.Transaction(**TX), r=0, s=s, v=v)
 
 
 def test_address_rejects_bad_keys() -> None:
