@@ -353,11 +353,17 @@ def cmd_abort(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from ops.replay import render, replay
+    from ops.replay import render, render_request, replay, replay_request
 
     dep = _existing(args)
-    report = replay(dep, args.execution)
-    emit(args, report, render(report))
+    if (args.execution is None) == (args.request is None):
+        return fail(args, EXIT_USAGE, "give an execution id or --request REQUEST_ID")
+    if args.request is not None:
+        report = replay_request(dep, args.request)
+        emit(args, report, render_request(report))
+    else:
+        report = replay(dep, args.execution)
+        emit(args, report, render(report))
     return EXIT_OK
 
 
@@ -421,6 +427,8 @@ def configure(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--nats")
     ab.set_defaults(func=_usage_errors(cmd_abort))
 
-    rp = common(sub.add_parser("replay", help="timeline of one ceremony across every party's store"))
-    rp.add_argument("execution")
+    rp = common(sub.add_parser("replay", help="timeline of one ceremony, or one withdrawal's decisions, "
+                                              "across every party's store"))
+    rp.add_argument("execution", nargs="?")
+    rp.add_argument("--request", metavar="REQUEST_ID", help="a withdrawal's policy decisions and signatures")
     rp.set_defaults(func=_usage_errors(cmd_replay))

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.ceremony.store import Ceremony, PartyStore, StoreError
+from engine.ceremony.store import Ceremony, PartyStore, StoreError, WithdrawalRecord
 from ops.deploy import Deployment
 
-__all__ = ["replay", "render"]
+__all__ = ["replay", "render", "replay_request", "render_request"]
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,30 @@ def _describe(ev: Any) -> tuple[str, dict[str, Any]]:
     return name, {}
 
 
-def replay(dep: Deployment, execution: str) -> dict[str, Any]:
-    """Merge every party's record of ``execution`` into one ordered timeline plus a per-party summary."""
-    entries: list[Entry] = []
-    parties: dict[int, dict[str, Any]] = {}
+def _timelines(dep: Deployment, cls: type, **ids: Any) -> dict[int, list[Any] | str]:
+    """Each party's stored events of one aggregate, or why its store could not be read."""
+    out: dict[int, list[Any] | str] = {}
     for i in dep.party_ids():
         try:
             store = PartyStore(i, dep.store_config(i), dep.kek(i))
         except (StoreError, OSError) as exc:
-            parties[i] = {"status": "unreadable", "error": str(exc)}
+            out[i] = str(exc)
             continue
         try:
-            events = store.timeline(Ceremony, execution=execution)
+            out[i] = store.timeline(cls, **ids)
         finally:
             store.close()
+    return out
+
+
+def replay(dep: Deployment, execution: str) -> dict[str, Any]:
+    """Merge every party's record of ``execution`` into one ordered timeline plus a per-party summary."""
+    entries: list[Entry] = []
+    parties: dict[int, dict[str, Any]] = {}
+    for i, events in _timelines(dep, Ceremony, execution=execution).items():
+        if isinstance(events, str):
+            parties[i] = {"status": "unreadable", "error": events}
+            continue
         if not events:
             parties[i] = {"status": "no record"}
             continue
@@ -116,6 +126,61 @@ def replay(dep: Deployment, execution: str) -> dict[str, Any]:
         "timeline": [{"t": round(e.at - t0, 4), "at": e.at, "party": e.party, "event": e.event, **e.detail}
                      for e in entries],
     }
+
+
+def replay_request(dep: Deployment, request_id: str) -> dict[str, Any]:
+    """Every party's policy decisions and signatures for one withdrawal request, in time order."""
+    entries: list[dict[str, Any]] = []
+    parties: dict[str, str] = {}
+    for i, events in _timelines(dep, WithdrawalRecord, request_id=request_id).items():
+        if isinstance(events, str):
+            parties[str(i)] = f"unreadable: {events}"
+            continue
+        parties[str(i)] = "no record"
+        for ev in events:
+            name = type(ev).__qualname__.split(".")[-1]
+            e: dict[str, Any] = {"at": ev.timestamp.timestamp(), "party": i, "event": name}
+            if name == "Decided":
+                e.update(execution=ev.execution, input=ev.input, allowed=ev.allowed, rule=ev.rule, reason=ev.reason,
+                         policy_version=ev.policy_version, policy_digest=ev.policy_digest[:16])
+                parties[str(i)] = f"{'allowed' if ev.allowed else 'refused'} ({ev.rule})"
+            elif name == "Signed":
+                e.update(execution=ev.execution, input=ev.input, r=ev.r, s=ev.s, v=ev.v)
+                parties[str(i)] = "signed"
+            else:
+                e.update(request_hash=ev.request_hash.hex())
+            entries.append(e)
+    entries.sort(key=lambda e: (e["at"], e["party"]))
+    t0 = entries[0]["at"] if entries else 0.0
+    refusals = [e for e in entries if e["event"] == "Decided" and not e["allowed"]]
+    signed = sorted({e["party"] for e in entries if e["event"] == "Signed"})
+    if not entries:
+        verdict = "no party has any record of this request"
+    elif signed:
+        verdict = f"signed by parties {signed}"
+    elif refusals:
+        verdict = f"refused: party {refusals[0]['party']} first, {refusals[0]['rule']}: {refusals[0]['reason']}"
+    else:
+        verdict = "allowed, not (yet) signed"
+    return {"request_id": request_id, "verdict": verdict, "parties": parties,
+            "timeline": [{"t": round(e["at"] - t0, 4), **e} for e in entries]}
+
+
+def render_request(report: dict[str, Any]) -> str:
+    lines = [f"request {report['request_id']}: {report['verdict']}", ""]
+    for e in report["timeline"]:
+        if e["event"] == "Decided":
+            verdict = "ALLOWED" if e["allowed"] else "REFUSED"
+            text = (f"{verdict} input {e['input']} in {e['execution']} under policy v{e['policy_version']} "
+                    f"({e['policy_digest']}): {e['rule']}: {e['reason']}")
+        elif e["event"] == "Signed":
+            text = f"signed input {e['input']} in {e['execution']}"
+        else:
+            text = f"received request {e['request_hash'][:16]}"
+        lines.append(f"+{e['t']:9.3f}s  party {e['party']}  {text}")
+    lines.append("")
+    lines += [f"party {p}: {state}" for p, state in report["parties"].items()]
+    return "\n".join(lines)
 
 
 def render(report: dict[str, Any]) -> str:

@@ -277,6 +277,13 @@ def test_conclave_withdraw_returns_a_transaction_from_the_wallet_address(pooled,
     assert code == 3 and refused["status"] == "rejected" and refused["rule"] == "destinations"
     code, bad = conclave(capsys, "withdraw", "--data-dir", home, "--key", key["key_id"], "--json")
     assert code == 2 and "--to" in bad["error"]
+    # an SRE reads each party's decision from its event store
+    code, rep = conclave(capsys, "replay", "--data-dir", home, "--request", "cli-2", "--json")
+    assert code == 0 and rep["verdict"].startswith("refused: party") and "destinations" in rep["verdict"]
+    decided = [e for e in rep["timeline"] if e["event"] == "Decided"]
+    assert len(decided) == 2 and not any(e["allowed"] for e in decided) and decided[0]["policy_version"] == 1
+    code, rep = conclave(capsys, "replay", "--data-dir", home, "--request", "cli-1", "--json")
+    assert rep["verdict"] == "signed by parties [1, 2]"
 
 
 def test_a_request_that_cannot_be_signed_is_dead_lettered(pooled, capsys):
