@@ -118,8 +118,9 @@ def cmd_up(args) -> int:
 def cmd_down(args) -> int:
     dep = _existing(args)
     stopped = []
-    if dep.stop_pid(dep.worker_pid()):
-        stopped.append("worker")
+    for name in dep.worker_names():
+        if dep.stop_pid(dep.worker_pid(name)):
+            stopped.append(name)
     for i in dep.party_ids():
         if dep.stop_pid(dep.party_pid(i)):
             stopped.append(f"party-{i}")
@@ -176,7 +177,9 @@ async def _gather_status(dep: Deployment) -> dict[str, Any]:
             pools.setdefault(key_id, {})[str(i)] = pool
     warnings = sorted({w for snap in snaps.values() if snap for w in snap.get("warnings", [])})
     out.update(parties=parties, keys=list(keys.values()), ceremonies=list(flights.values()), presignatures=pools,
-               warnings=warnings, worker={"pid": dep.worker_pid(), "running": pid_alive(dep.worker_pid())})
+               warnings=warnings, worker={"pid": dep.worker_pid(), "running": pid_alive(dep.worker_pid())},
+               workers={n: {"pid": dep.worker_pid(n), "running": pid_alive(dep.worker_pid(n))}
+                        for n in dep.worker_names()})
     out.setdefault("pools", {})
     return out
 
@@ -201,7 +204,8 @@ def cmd_status(args) -> int:
         lines.append(f"  key {k['key_id']}: {k['threshold']}-of-{len(k['parties'])} {k['public_key']}")
     for f in st["ceremonies"]:
         lines.append(f"  in flight {f['execution']} ({f['kind']}): {f['parties']}")
-    lines.append(f"  withdrawal worker: {'running pid ' + str(st['worker']['pid']) if st['worker']['running'] else 'stopped'}")
+    for name, w in (st["workers"] or {"worker": st["worker"]}).items():
+        lines.append(f"  withdrawal {name}: {'running pid ' + str(w['pid']) if w['running'] else 'stopped'}")
     for key_id, pool in st["presignatures"].items():
         lines.append(f"  presignatures held by the parties for {key_id}: {pool}")
     for name, n in sorted(st["pools"].items()):

@@ -162,11 +162,15 @@ class Deployment:
     def party_pid(self, i: int) -> int | None:
         return _read_pid(self.party_dir(i) / "party.pid")
 
-    def worker_pid(self) -> int | None:
-        return _read_pid(self.home / "worker" / "worker.pid")
+    def worker_pid(self, name: str = "worker") -> int | None:
+        return _read_pid(self.home / "worker" / f"{name}.pid")
 
-    def worker_ready_marker(self) -> Path:
-        return self.home / "worker" / "worker.ready"
+    def worker_names(self) -> list[str]:
+        """Every withdrawal worker this deployment has started (``worker`` is `conclave up`'s)."""
+        return sorted(p.stem for p in (self.home / "worker").glob("*.pid"))
+
+    def worker_ready_marker(self, name: str = "worker") -> Path:
+        return self.home / "worker" / f"{name}.ready"
 
     def _spawn(self, module: str, args: list[str], directory: Path, name: str,
                extra_env: dict[str, str] | None = None) -> int:
@@ -187,17 +191,19 @@ class Deployment:
         """Spawn party ``i`` as its own OS process (detached); return its pid."""
         return self._spawn("ops.party", ["--party", str(i)], self.party_dir(i), "party", extra_env)
 
-    def start_worker(self, extra_env: dict[str, str] | None = None) -> int:
-        """Spawn the withdrawal scheduler (owning every shard); return its pid."""
-        return self._spawn("ops.worker", [], self.home / "worker", "worker", extra_env)
+    def start_worker(self, shards: list[int] | None = None, name: str = "worker",
+                     extra_env: dict[str, str] | None = None) -> int:
+        """Spawn a withdrawal worker owning ``shards`` (default: every shard); return its pid."""
+        args = ["--name", name] + (["--shards", ",".join(map(str, shards))] if shards is not None else [])
+        return self._spawn("ops.worker", args, self.home / "worker", name, extra_env)
 
-    def wait_worker_ready(self, pid: int, timeout: float = 30.0) -> None:
+    def wait_worker_ready(self, pid: int, name: str = "worker", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _read_pid(self.worker_ready_marker()) == pid:
+            if _read_pid(self.worker_ready_marker(name)) == pid:
                 return
             if not pid_alive(pid):
-                tail = (self.home / "worker" / "worker.log").read_text(errors="replace")[-2000:]
+                tail = (self.home / "worker" / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise DeployError(f"the withdrawal worker exited during start-up; log tail:\n{tail}")
             time.sleep(0.05)
         raise DeployError(f"the withdrawal worker did not become ready within {timeout:g}s")

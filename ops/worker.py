@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,10 +25,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="conclave-worker")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--shards", help="comma-separated shard numbers this worker owns (default: all)")
+    ap.add_argument("--name", default="worker", help="names its pid, log and ready files under <data dir>/worker/")
     args = ap.parse_args(argv)
     dep = Deployment(Path(args.data_dir))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
     tracing.install("conclave-worker")
     owned = tuple(int(s) for s in args.shards.split(",")) if args.shards else None
     worker = WithdrawalWorker(dep, SchedulerConfig.from_config(dep.config(), owned=owned))
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
 
             async def mark_ready() -> None:
                 await worker.ready.wait()
-                dep.worker_ready_marker().write_text(str(__import__("os").getpid()))
+                dep.worker_ready_marker(args.name).write_text(str(os.getpid()))
 
             tg.start_soon(on_signals)
             tg.start_soon(mark_ready)

@@ -14,7 +14,7 @@ def teardown_deployment(home: Path) -> None:
     """`conclave down`, then SIGKILL whatever a failed test left running."""
     if (home / "conclave.json").exists():
         main(["down", "--data-dir", str(home)])
-    for pidfile in list(home.glob("party-*/party.pid")) + [home / "worker" / "worker.pid", home / "nats" / "nats.pid"]:
+    for pidfile in [*home.glob("party-*/party.pid"), *home.glob("worker/*.pid"), home / "nats" / "nats.pid"]:
         try:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):

@@ -329,3 +329,32 @@ def test_an_external_broker_signs_only_under_an_explicit_policy(nats_server, tmp
         assert st["warnings"] == []
     finally:
         teardown_deployment(home)
+
+
+def test_two_workers_one_shard_each_never_take_the_same_presignature(pooled, capsys):
+    dep, key = pooled
+    dep.stop_pid(dep.worker_pid())  # `conclave up`'s worker owns both shards; split them
+    workers = {name: dep.start_worker([shard], name=name) for shard, name in ((0, "worker-a"), (1, "worker-b"))}
+    try:
+        for name, pid in workers.items():
+            dep.wait_worker_ready(pid, name)
+        code, before = conclave(capsys, "status", "--data-dir", str(dep.home), "--json")
+        requests = [eth(f"two-{n}", key["key_id"], nonce=n) for n in range(40)]
+        assert {wq.shard_of(r.request_id, 2) for r in requests} == {0, 1}
+        results = anyio.run(lambda: stream(dep, requests, timeout=300))
+        assert {r.status for r in results.values()} == {"signed"}
+        for r in requests:
+            check_signed(key, r, results[r.request_id])
+        code, after = conclave(capsys, "status", "--data-dir", str(dep.home), "--json")
+        # a presignature reserved twice would have been refused by the parties ("already used"),
+        # which each party records as a rejected message
+        rejected = {p["id"]: p["rejected_messages"] for p in after["parties"]}
+        assert rejected == {p["id"]: p["rejected_messages"] for p in before["parties"]}
+        assert set(after["workers"]) >= {"worker-a", "worker-b"}
+        logs = {n: (dep.home / "worker" / f"{n}.log").read_text() for n in workers}
+        assert all(log.count("signed") > 0 for log in logs.values()), "each worker served its own shard"
+    finally:
+        for name, pid in workers.items():
+            dep.stop_pid(pid)
+        assert main(["up", "--data-dir", str(dep.home)]) == 0
+        capsys.readouterr()
