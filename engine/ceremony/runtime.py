@@ -373,6 +373,7 @@ class PartyRuntime:
         ex = env.execution
 
         extra: list[Any] = []  # a withdrawal's policy decision, recorded whatever happens next
+        carry: dict[str, Any] = {}  # what later phases need: a withdrawal's HD tweak
 
         def reject(reason: str, rule: str | None = None) -> Step:
             step = self._record_rejection(None, seq, reason, env.sender, env.msg_id, digest, env.subject,
@@ -403,7 +404,7 @@ class PartyRuntime:
         except ValueError as exc:
             return reject(f"bad command: {exc}")
         if cmd.kind == "sign" and "withdrawal" in cmd.params:
-            refusal = self._check_withdrawal(ex, cmd, extra)
+            refusal = self._check_withdrawal(ex, cmd, extra, carry)
             if refusal is not None:
                 return reject(*refusal)
         now = self.clock()
@@ -425,7 +426,7 @@ class PartyRuntime:
             self._after_commit(cer, step)
             return step
         try:
-            step = self._enter_phase(cer, _phases(cmd.kind, cmd.params)[0], carry={})
+            step = self._enter_phase(cer, _phases(cmd.kind, cmd.params)[0], carry=carry)
             if not cer.finished:
                 more = self._advance(cer, step.outgoing)
                 step.outgoing += more.outgoing
@@ -479,11 +480,13 @@ class PartyRuntime:
                 if rec["consumed"]:
                     raise ValueError("presignature already used")
 
-    def _check_withdrawal(self, execution: str, cmd: Command, extra: list[Any]) -> tuple[str, str | None] | None:
+    def _check_withdrawal(self, execution: str, cmd: Command, extra: list[Any],
+                          carry: dict[str, Any]) -> tuple[str, str | None] | None:
         """Rebuild what is to be signed and evaluate this party's own policy for it.
 
-        Returns (reason, rule) to refuse, or None to sign. Every policy evaluation is
-        recorded as a Decided event in ``extra``, to be committed with the outcome.
+        Returns (reason, rule) to refuse, or None to sign, with the derived key's tweak put in
+        ``carry`` for the sign phase. Every policy evaluation is recorded as a Decided event in
+        ``extra``, to be committed with the outcome.
         """
         p = cmd.params
         try:
@@ -529,6 +532,7 @@ class PartyRuntime:
                    asset=spend.asset, amount=spend.amount, at=now)
         extra.append(rec)
         if decision.allowed:
+            carry["tweak"] = prepared.tweak
             return None
         return f"policy: {decision.reason}", decision.rule
 
@@ -540,13 +544,6 @@ class PartyRuntime:
                     and WithdrawalRequest.from_json(p["withdrawal"]).request_id == request_id:
                 return ex
         return None
-
-    def _tweak(self, cer: Ceremony) -> int:
-        """The HD tweak of a withdrawal's derived key (0 for plain digest signing)."""
-        if "withdrawal" not in cer.params:
-            return 0
-        request = WithdrawalRequest.from_json(cer.params["withdrawal"])
-        return wd.prepare(request, bytes.fromhex(self._keys[cer.params["key_id"]]["public_key"])).tweak
 
     # -- rounds --------------------------------------------------------------
 
@@ -597,7 +594,7 @@ class PartyRuntime:
                 presig = unpackb(open_secret(dek, f"presig:{pid}", rec.sealed))
                 rec.consume(execution=cer.execution)  # committed together with σ_i below
                 extra.append(rec)
-            adv = sign.round1(sign.SignParams(eid, me, p["digest"], self._tweak(cer)), presig, self.rng)
+            adv = sign.round1(sign.SignParams(eid, me, p["digest"], carry.get("tweak", 0)), presig, self.rng)
         else:
             raise InternalError(f"unknown phase {phase}")
         step = self._record_advance(cer, phase, 1, adv, carry, prior)
