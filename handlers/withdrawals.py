@@ -33,6 +33,7 @@ __all__ = [
     "WITHDRAWALS_STREAM", "RESULTS_STREAM", "DEADLETTER_STREAM", "REQUESTS_BUCKET", "PRESIGS_BUCKET",
     "shard_of", "withdrawal_subject", "result_subject", "deadletter_subject", "ensure_withdrawal_streams",
     "requests_bucket", "presigs_bucket", "submit", "publish_result", "wait_result", "shard_consumer",
+    "pool_levels",
 ]
 
 log = logging.getLogger("conclave.withdrawals")
@@ -93,6 +94,19 @@ async def requests_bucket(js: JetStreamContext):
 
 async def presigs_bucket(js: JetStreamContext):
     return await js.key_value(PRESIGS_BUCKET)
+
+
+async def pool_levels(js: JetStreamContext) -> dict[str, int]:
+    """Ready presignatures per ``<key id>/<quorum>``, read from the pool bucket."""
+    try:
+        names = await (await presigs_bucket(js)).keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    out: dict[str, int] = {}
+    for name in names:
+        key_id, quorum, _ = name.rsplit(".", 2)
+        out[f"{key_id}/{quorum}"] = out.get(f"{key_id}/{quorum}", 0) + 1
+    return out
 
 
 async def ensure_shard_consumer(js: JetStreamContext, shard: int, max_in_flight: int) -> None:

@@ -57,7 +57,8 @@ def cmd_up(args) -> int:
         store = {"kind": "postgres", "dsn": args.postgres, "schema": args.postgres_schema}
     try:
         scheduler = {k: v for k, v in (("shards", args.shards), ("pool_low", args.pool_low),
-                                       ("pool_high", args.pool_high)) if v is not None}
+                                       ("pool_high", args.pool_high),
+                                       ("refill_parallel", args.refill_parallel)) if v is not None}
         cfg = dep.init(parties=args.parties, threshold=args.threshold, level=args.security_level,
                        nats_url=args.nats, store=store, round_timeout=args.round_timeout, prime_pool=args.prime_pool,
                        scheduler=scheduler)
@@ -187,10 +188,9 @@ async def _gather_status(dep: Deployment) -> dict[str, Any]:
 async def _pool_levels(c) -> dict[str, int]:
     """Ready presignatures per wallet and quorum, as the schedulers see them."""
     from handlers import withdrawals as wq
-    from ops.scheduler import PresignaturePool, SchedulerConfig
 
     await wq.ensure_withdrawal_streams(c.js)
-    return await PresignaturePool(c, await wq.presigs_bucket(c.js), SchedulerConfig()).levels()
+    return await wq.pool_levels(c.js)
 
 
 def cmd_status(args) -> int:
@@ -392,6 +392,7 @@ def configure(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--shards", type=int, help="withdrawal request shards (default 2)")
     up.add_argument("--pool-low", type=int, help="refill a presignature pool below this many (default 2)")
     up.add_argument("--pool-high", type=int, help="refill up to this many presignatures (default 8)")
+    up.add_argument("--refill-parallel", type=int, help="presigns in flight while refilling a pool (default 1)")
     up.set_defaults(func=_usage_errors(cmd_up))
 
     down = common(sub.add_parser("down", help="stop what `conclave up` started"))

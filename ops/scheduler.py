@@ -64,6 +64,7 @@ class SchedulerConfig:
     backoff_max: float = 5.0
     pool_low: int = 2  # refill a pool that falls below this many presignatures ...
     pool_high: int = 8  # ... up to this many
+    refill_parallel: int = 1  # presigns in flight while refilling (more uses more cores, delays withdrawals more)
     sign_round_timeout: float = 15.0
     presign_round_timeout: float = 120.0
     health_every: float = 1.0
@@ -173,13 +174,6 @@ class PresignaturePool:
         prefix = self._prefix(key_id, quorum) + "."
         return [n for n in names if n.startswith(prefix)]
 
-    async def levels(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for name in await self._names():
-            key_id, quorum, _ = name.rsplit(".", 2)
-            out[f"{key_id}/{quorum}"] = out.get(f"{key_id}/{quorum}", 0) + 1
-        return out
-
     async def count(self, key_id: str, quorum: Sequence[int]) -> int:
         return len(await self._names(key_id, quorum))
 
@@ -214,7 +208,7 @@ class PresignaturePool:
         return pid
 
     async def refill(self, view: PartyView, stop: anyio.Event) -> None:
-        """Keep each wallet's preferred quorum between the watermarks, one presign at a time."""
+        """Keep each wallet's preferred quorum between the watermarks, ``refill_parallel`` presigns at a time."""
         while not stop.is_set():
             busy = False
             for key in view.keys():
@@ -224,17 +218,29 @@ class PresignaturePool:
                 n = await self.count(key["key_id"], quorum)
                 if n >= self.cfg.pool_low:
                     continue
-                while n < self.cfg.pool_high and not stop.is_set():
-                    try:
-                        await self.make(key["key_id"], quorum)
-                    except (CeremonyFailed, TimeoutError) as exc:
-                        log.warning("presignature refill for %s %s failed: %s", key["key_id"], quorum, exc)
-                        break
-                    n += 1
-                    busy = True
+                busy = True
+                await self._top_up(key["key_id"], quorum, self.cfg.pool_high - n, stop)
             if not busy:
                 with anyio.move_on_after(1.0):
                     await stop.wait()
+
+    async def _top_up(self, key_id: str, quorum: tuple[int, ...], wanted: int, stop: anyio.Event) -> None:
+        left = wanted
+
+        async def one_lane() -> None:
+            nonlocal left
+            while left > 0 and not stop.is_set():
+                left -= 1
+                try:
+                    await self.make(key_id, quorum)
+                except (CeremonyFailed, TimeoutError) as exc:
+                    log.warning("presignature refill for %s %s failed: %s", key_id, quorum, exc)
+                    left = 0  # back to the outer loop, which re-reads health and levels
+                    return
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(1, self.cfg.refill_parallel)):
+                tg.start_soon(one_lane)
 
 
 def preferred_quorum(key: dict[str, Any], healthy: set[int], excluded: set[int] = frozenset()) -> tuple[int, ...] | None:
