@@ -89,7 +89,22 @@ class PartyService:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _publish_all(self, js, outs: list[Outgoing]) -> None:
-        for out in outs:
+        """Publish recorded envelopes, pipelined: all are sent before any acknowledgement is awaited."""
+        failed: list[tuple[int, Outgoing]] = []
+
+        async def first_try(k: int, out: Outgoing) -> None:
+            try:
+                await publish(js, out.subject, out.data, out.msg_id)
+            except PublishError:
+                failed.append((k, out))
+
+        if len(outs) == 1:
+            await first_try(0, outs[0])
+        elif outs:
+            async with anyio.create_task_group() as tg:
+                for k, out in enumerate(outs):
+                    tg.start_soon(first_try, k, out)  # started in order, so they reach the stream in order
+        for _, out in sorted(failed, key=lambda f: f[0]):
             while True:
                 try:
                     await publish(js, out.subject, out.data, out.msg_id)
@@ -151,14 +166,10 @@ class PartyService:
                 return
             if not msgs:
                 drained = True
-            for msg in msgs:
-                if self.stop.is_set():
-                    return  # unacked: redelivered to the next run
-                if not await self._one(js, msg):
-                    # later messages must wait for the failed one (sequence order matters):
-                    # have the consumer deliver again from the first uncommitted sequence
-                    await self._resync(js, inbox)
-                    break
+            elif not await self._batch(js, msgs):
+                # later messages must wait for the failed one (sequence order matters):
+                # have the consumer deliver again from the first uncommitted sequence
+                await self._resync(js, inbox)
             now = time.monotonic()
             if drained and now - last_expire >= EXPIRE_EVERY:
                 last_expire = now
@@ -180,53 +191,87 @@ class PartyService:
                 log.exception("party %s: could not rewind its consumer; retrying", self.runtime.party)
                 await anyio.sleep(1.0)
 
-    async def _one(self, js, msg) -> bool:
-        seq = msg.metadata.sequence.stream
-        if msg.subject.rsplit(".", 1)[-1] not in ("all", self._me):
-            # another party's direct message: only a server without filter_subjects delivers these
-            await msg.ack()
-            return True
-        self._busy = msg.subject
+    def _handle_some(self, msgs: list) -> tuple[list[tuple[Any, Step]], Exception | None]:
+        """Handle messages in stream order in one worker thread, up to and including the first whose step
+        has envelopes to send: recovery re-sends only a ceremony's current round, so no other step's
+        envelopes may wait unpublished behind a later commit. Stops at the first failure."""
+        done: list[tuple[Any, Step]] = []
+        for msg in msgs:
+            if self.stop.is_set():
+                break  # unhandled and unacked: redelivered to the next run
+            try:
+                step = self.runtime.handle(msg.data, msg.subject, msg.metadata.sequence.stream, _published_at(msg))
+            except Exception as exc:
+                return done, exc
+            done.append((msg, step))
+            if step.outgoing:
+                break
+        return done, None
+
+    async def _batch(self, js, msgs: list) -> bool:
+        """Handle, commit, publish and ack a fetched batch; False if a message failed and must be retried.
+
+        Messages that send nothing (echoes of our own broadcasts, ceremonies we are not part of) share
+        a thread hop with the next one that does. Every message's events are committed before its
+        envelopes leave and its ack follows them, so a crash anywhere is recovered as before.
+        """
+        mine = []
+        for msg in msgs:
+            if msg.subject.rsplit(".", 1)[-1] in ("all", self._me):
+                mine.append(msg)
+            else:  # another party's direct message: only a server without filter_subjects delivers these
+                await msg.ack()
+        while mine and not self.stop.is_set():
+            handled, failure = await self._in_thread(mine)
+            if any(step.reached or step.rejected for _, step in handled):
+                self._refresh()  # before the outcome leaves: whoever reads it then sees this state
+            for _, step in handled:
+                self._maybe_crash(step, "after-commit")
+                await self._publish_all(js, step.outgoing)
+                self._maybe_crash(step, "after-publish")
+            for msg, _ in handled:
+                self._failures.pop(msg.metadata.sequence.stream, None)
+                try:
+                    await msg.ack()
+                except Exception as exc:  # redelivery is harmless: the sequence is recorded
+                    log.info("party %s: ack of seq %s failed: %r", self.runtime.party,
+                             msg.metadata.sequence.stream, exc)
+            if failure is not None:
+                return await self._failed(mine[len(handled)], failure)
+            mine = mine[len(handled):]
+        return True
+
+    async def _in_thread(self, msgs: list) -> tuple[list[tuple[Any, Step]], Exception | None]:
+        """:meth:`_handle_some` in a worker thread (rounds can take seconds), heartbeating the messages."""
+        self._busy = msgs[0].subject
         done = anyio.Event()
-        failure: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(heartbeat, msg, done)
+                tg.start_soon(heartbeat, msgs, done)
                 try:
-                    step = await anyio.to_thread.run_sync(self.runtime.handle, msg.data, msg.subject, seq,
-                                                          _published_at(msg))
-                except Exception as exc:  # kept out of the task group's exception group
-                    failure = exc
+                    return await anyio.to_thread.run_sync(self._handle_some, msgs)
                 finally:
                     done.set()
         finally:
             self._busy = None
-        if failure is not None:
-            # a store failure: do not ack, do not read past it (sequence order matters)
-            log.error("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq,
-                      exc_info=failure)
-            self.runtime.reset_cache()
-            # counted here: a rewound consumer starts its own delivery counts afresh
-            self._failures[seq] = self._failures.get(seq, 0) + 1
-            if self._failures[seq] >= POISON_AFTER:
-                # the same message keeps failing: record it and move on rather than stall every ceremony
-                try:
-                    await anyio.to_thread.run_sync(self.runtime.quarantine, msg.data, msg.subject, seq,
-                                                   type(failure).__name__)
-                    await msg.ack()
-                    return True
-                except Exception:
-                    log.exception("party %s: could not record seq %s as rejected either", self.runtime.party, seq)
-            await anyio.sleep(1.0)
-            return False
-        self._failures.pop(seq, None)
-        if step.reached or step.rejected:
-            self._refresh()  # before the outcome leaves: whoever reads it then sees this state
-        self._maybe_crash(step, "after-commit")
-        await self._publish_all(js, step.outgoing)
-        self._maybe_crash(step, "after-publish")
-        try:
-            await msg.ack()
-        except Exception as exc:  # redelivery is harmless: the sequence is recorded
-            log.info("party %s: ack of seq %s failed: %r", self.runtime.party, seq, exc)
-        return True
+
+    async def _failed(self, msg, failure: Exception) -> bool:
+        """A store failure on ``msg``: do not ack, do not read past it; after repeated failures, quarantine it."""
+        seq = msg.metadata.sequence.stream
+        log.error("party %s: could not process %s (seq %s); will retry", self.runtime.party, msg.subject, seq,
+                  exc_info=failure)
+        self.runtime.reset_cache()
+        # counted here: a rewound consumer starts its own delivery counts afresh
+        self._failures[seq] = self._failures.get(seq, 0) + 1
+        if self._failures[seq] >= POISON_AFTER:
+            # the same message keeps failing: record it and move on rather than stall every ceremony
+            try:
+                await anyio.to_thread.run_sync(self.runtime.quarantine, msg.data, msg.subject, seq,
+                                               type(failure).__name__)
+                await msg.ack()
+                self._failures.pop(seq, None)
+                return False  # the consumer still holds the unacked rest of the batch: re-read from here
+            except Exception:
+                log.exception("party %s: could not record seq %s as rejected either", self.runtime.party, seq)
+        await anyio.sleep(1.0)
+        return False
