@@ -46,6 +46,7 @@ __all__ = [
     "PublishError",
     "PullInbox",
     "OutcomeStream",
+    "OutcomeRouter",
     "connect",
     "close",
     "ensure_streams",
@@ -503,21 +504,25 @@ class PullInbox:
                 log.debug("party %d unsubscribe: %r", self.party, exc)
 
 
-async def heartbeat(msg: Msg, stop: Any, every: float = 5.0) -> None:
-    """Tell JetStream ``msg`` is still being worked on every ``every`` s until ``stop`` is set.
+async def heartbeat(msgs: Msg | list[Msg], stop: Any, every: float = 5.0) -> None:
+    """Tell JetStream each of ``msgs`` is still being worked on every ``every`` s until ``stop`` is set.
 
     ``stop`` is an anyio.Event or asyncio.Event. Best effort: never raises
-    (except cancellation); stops by itself once the message is acked.
+    (except cancellation); a message that is acked meanwhile is left alone.
     """
+    msgs = msgs if isinstance(msgs, list) else [msgs]
     while not stop.is_set():
         with anyio.move_on_after(every):
             await stop.wait()
-        if stop.is_set() or getattr(msg, "_ackd", False):
+        if stop.is_set():
             return
-        try:
-            await msg.in_progress()
-        except Exception as exc:  # e.g. reconnecting; ack_wait gives us slack
-            log.debug("in_progress for %s failed: %r", msg.subject, exc)
+        for msg in msgs:
+            if getattr(msg, "_ackd", False):
+                continue
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # e.g. reconnecting; ack_wait gives us slack
+                log.debug("in_progress for %s failed: %r", msg.subject, exc)
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -613,6 +618,79 @@ class OutcomeStream:
 
     async def __anext__(self) -> tuple[int, bytes]:
         return await self.next()
+
+
+class OutcomeRouter:
+    """One core-NATS subscription on ``conclave.out.*.*`` shared by every ceremony a coordinator runs.
+
+    A fresh execution has no outcome in the stream yet, so listening live from before its ``start``
+    misses nothing, and it spares the broker an ephemeral consumer per ceremony. Live delivery is at
+    most once, though: if the connection drops, or no outcome comes for ``fallback_after`` s, the
+    watch switches to an :class:`OutcomeStream`, which replays the execution's outcomes from the
+    stream (the caller drops the ones it already has).
+    """
+
+    def __init__(self, js: JetStreamContext, fallback_after: float = 5.0) -> None:
+        self._js = js
+        self._nc: NATS = js._nc
+        self._fallback_after = fallback_after
+        self._waiting: dict[str, Any] = {}  # execution -> memory stream sender
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe("conclave.out.*.*", cb=self._deliver)
+
+    async def _deliver(self, msg: Msg) -> None:
+        _, _, execution, party = msg.subject.split(".", 3)
+        send = self._waiting.get(execution)
+        if send is None:
+            return
+        try:
+            send.send_nowait((int(party), msg.data))
+        except (ValueError, anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # malformed party token, or a flood: the stream fallback still has it
+
+    @asynccontextmanager
+    async def watch(self, execution: str) -> AsyncIterator[_RoutedOutcomes]:
+        """Outcomes of ``execution`` from now on; enter it before publishing the ``start``."""
+        execution = _token(execution, "execution")
+        send, receive = anyio.create_memory_object_stream(64)
+        self._waiting[execution] = send
+        watch = _RoutedOutcomes(self._js, execution, receive, self._nc.stats["reconnects"], self._fallback_after)
+        try:
+            yield watch
+        finally:
+            self._waiting.pop(execution, None)
+            send.close()
+            await watch.aclose()
+
+
+class _RoutedOutcomes:
+    """What :meth:`OutcomeRouter.watch` yields: ``next()`` like :class:`OutcomeStream`."""
+
+    def __init__(self, js: JetStreamContext, execution: str, receive: Any, reconnects: int,
+                 fallback_after: float) -> None:
+        self._js = js
+        self._nc: NATS = js._nc
+        self.execution = execution
+        self._receive = receive
+        self._reconnects = reconnects
+        self._fallback_at = anyio.current_time() + fallback_after
+        self._stream: OutcomeStream | None = None
+
+    async def next(self) -> tuple[int, bytes]:
+        while self._stream is None:
+            if self._nc.stats["reconnects"] != self._reconnects or anyio.current_time() >= self._fallback_at:
+                self._stream = OutcomeStream(self._js, self.execution)  # opened (and re-opened) by next()
+                break
+            with anyio.move_on_after(min(OutcomeStream._SLICE, self._fallback_at - anyio.current_time())):
+                return await self._receive.receive()
+        return await self._stream.next()
+
+    async def aclose(self) -> None:
+        self._receive.close()
+        if self._stream is not None:
+            await self._stream.aclose()
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ import msgpack
 from engine.ceremony import tracing
 from engine.ceremony.runtime import Command, abort_envelope, start_envelope
 from engine.crypto import ecdsa
-from handlers.jetstream import close, connect, ensure_streams, publish, subscribe_outcomes
+from handlers.jetstream import OutcomeRouter, close, connect, ensure_streams, publish, subscribe_outcomes
 from handlers.party import status_subject
 from ops.deploy import Deployment
 from schemas.envelope import EnvelopeError, open_envelope
@@ -74,6 +74,8 @@ class Coordinator:
             self.nc = await connect(self.url, name="conclave-coordinator")
         self.js = self.nc.jetstream()
         await ensure_streams(self.js)  # the coordinator may come up before any party
+        self.outcomes = OutcomeRouter(self.js)
+        await self.outcomes.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -107,7 +109,7 @@ class Coordinator:
     async def _run(self, kind, execution, participants, params, cmd, timeout, on_report) -> CeremonyOutcome:
         reports: dict[int, dict] = {}
         t0 = time.perf_counter()
-        async with subscribe_outcomes(self.js, execution) as outcomes:
+        async with self.outcomes.watch(execution) as outcomes:
             start = start_envelope(self.identity, self.roster, execution, cmd, trace=tracing.carrier())
             await publish(self.js, start.subject, start.data, start.msg_id)
             try:
