@@ -157,10 +157,30 @@ class PresignaturePool:
         self.cfg = cfg
         self.made = 0
         self._candidates: dict[str, list[str]] = {}  # names last listed per pool; the KV entry decides
+        self._known: dict[str, int] | None = None  # name -> revision, kept by watch() while it runs
 
     @staticmethod
     def _prefix(key_id: str, quorum: Sequence[int]) -> str:
         return f"{key_id}.{_quorum_name(quorum)}"
+
+    async def watch(self) -> None:
+        """Mirror the bucket's names and revisions, so reserving is one compare-and-delete and counting
+        is free. Runs until cancelled; without it the pool lists the bucket instead."""
+        watcher = await self.kv.watchall(meta_only=True)
+        known: dict[str, int] = {}
+        self._known = known
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # the end of the initial listing
+                if entry.operation in ("DEL", "PURGE"):
+                    known.pop(entry.key, None)
+                else:
+                    known[entry.key] = entry.revision
+        finally:
+            self._known = None
+            with anyio.CancelScope(shield=True):
+                await watcher.stop()
 
     async def _names(self, key_id: str | None = None, quorum: Sequence[int] | None = None) -> list[str]:
         # every key, filtered here: server-side key filters need nats-server 2.10 and multi-token
@@ -175,12 +195,26 @@ class PresignaturePool:
         return [n for n in names if n.startswith(prefix)]
 
     async def count(self, key_id: str, quorum: Sequence[int]) -> int:
+        if self._known is not None:
+            prefix = self._prefix(key_id, quorum) + "."
+            return sum(1 for n in self._known if n.startswith(prefix))
         return len(await self._names(key_id, quorum))
 
     async def reserve(self, key_id: str, quorum: Sequence[int]) -> str | None:
         """Take one ready presignature for good (compare-and-delete), or None if the pool is empty."""
         prefix = self._prefix(key_id, quorum)
-        for refreshed in (False, True):
+        known = self._known
+        while known:
+            name = next((n for n in known if n.startswith(prefix + ".")), None)
+            if name is None:
+                break
+            revision = known.pop(name)  # before awaiting: concurrent reservations pick other names
+            try:
+                await self.kv.delete(name, last=revision)
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+                continue  # another worker took it first
+            return name.rsplit(".", 1)[1]
+        for refreshed in (False, True):  # no mirror, or it shows none: list the bucket itself
             if refreshed:
                 self._candidates[prefix] = await self._names(key_id, quorum)
             names = self._candidates.setdefault(prefix, [])
@@ -284,6 +318,7 @@ class WithdrawalWorker:
                 await wq.ensure_shard_consumer(js, s, self.cfg.concurrency)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._health)
+                tg.start_soon(self.pool.watch)
                 if self.cfg.pool_high > 0:
                     tg.start_soon(self.pool.refill, self.view, self.stop)
                 for s in shards:
@@ -421,7 +456,8 @@ class WithdrawalWorker:
                     continue  # signed before a redelivery
                 sig = await self._sign_input(request, prepared, key, i, state, excluded)
                 state["sigs"][str(i)] = sig
-                await self._save(rid, state)
+                if i + 1 < len(prepared.digests):
+                    await self._save(rid, state)  # the last one is saved with the result
         except PolicyRefusal as exc:
             result = WithdrawalResult(rid, "rejected", reason=exc.reason, rule=exc.rule, attempts=state["attempts"])
             return await self._finish(rid, state, result), False
