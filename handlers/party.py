@@ -200,7 +200,8 @@ class PartyService:
             if self.stop.is_set():
                 break  # unhandled and unacked: redelivered to the next run
             try:
-                step = self.runtime.handle(msg.data, msg.subject, msg.metadata.sequence.stream, _published_at(msg))
+                step = self.runtime.handle(msg.data, msg.subject, msg.metadata.sequence.stream, _published_at(msg),
+                                           (msg.headers or {}).get("Nats-Msg-Id"))
             except Exception as exc:
                 return done, exc
             done.append((msg, step))

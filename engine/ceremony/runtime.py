@@ -283,14 +283,19 @@ class PartyRuntime:
 
     # -- inbound -------------------------------------------------------------
 
-    def handle(self, raw: bytes, subject: str, seq: int | None, published_at: float | None = None) -> Step:
+    def handle(self, raw: bytes, subject: str, seq: int | None, published_at: float | None = None,
+               msg_id: str | None = None) -> Step:
         """Process one inbound envelope. Never raises for bad input; store errors propagate.
 
         ``published_at`` (the broker's timestamp, Unix seconds) lets a party that was down
-        refuse a ``start`` whose first round deadline passed while it was away.
+        refuse a ``start`` whose first round deadline passed while it was away. ``msg_id``, the
+        broker's ``Nats-Msg-Id``, lets the commonest messages that change nothing be passed over
+        before any hashing, signature check or store lookup.
         """
         if not self._recovered:
             raise InternalError("recover() must run before handle()")
+        if msg_id is not None and self._passes_over(subject, msg_id):
+            return Step()
         if seq is not None and self.store.processed(seq):
             return Step(duplicate_delivery=True)
         digest = hashlib.sha256(raw).digest()
@@ -327,6 +332,19 @@ class PartyRuntime:
         except Exception:
             self._forget(cer.execution)
             raise
+
+    def _passes_over(self, subject: str, msg_id: str) -> bool:
+        """A broadcast that :meth:`handle` would ignore without recording anything: our own, echoed back,
+        or one of a ceremony this party neither runs nor ran. A lying msg id can only make us drop a
+        message, which whoever controls the broker can do anyway."""
+        parts = subject.split(".")
+        if len(parts) != 5 or parts[4] != "all" or parts[3] in ("start", "abort"):
+            return False
+        ex = parts[2]
+        if ex not in self._running and ex not in self._finished:
+            return True
+        fields = msg_id.split(":")
+        return len(fields) == 4 and fields[0] == ex and fields[2] == str(self.party)
 
     def quarantine(self, raw: bytes, subject: str, seq: int | None, reason: str) -> Step:
         """Record a message that failed to process several times, so it stops blocking the party."""

@@ -564,3 +564,26 @@ def test_every_envelope_carries_the_coordinators_trace_context(cluster):
     sent = [o for o in c.broker.published if o.msg_id.startswith("traced:")]
     assert {o.msg_id.split(":")[1] for o in sent} >= {"presign-1", "presign-2", "presign-3", "sign-1", "out"}
     assert all(peek(o.data).trace == parent for o in sent)
+
+
+def test_broadcasts_that_change_nothing_are_passed_over_before_any_crypto(cluster):
+    """Echoes of a party's own broadcasts and broadcasts of ceremonies it is not in are dropped on their
+    subject and msg id alone (garbage bodies prove no envelope was opened); nothing else is."""
+    c = cluster
+    c.sign("s", (1, 3), digest_of("pass over"))
+    garbage = b"\x00not an envelope"
+    seq = max(seq for seq, _, _ in c.broker.log) + 100
+    n2, n1 = len(events_of(c.stores[2])), len(events_of(c.stores[1]))
+
+    # party 2 is not a signer of "s": every broadcast of it is passed over, without a record
+    step = c.rt(2).handle(garbage, mpc_subject("s", "sign-1", None), seq, msg_id="s:sign-1:1:all")
+    assert step == type(step)() and len(events_of(c.stores[2])) == n2
+    # party 1's own broadcast, echoed back: passed over
+    step = c.rt(1).handle(garbage, mpc_subject("s", "sign-1", None), seq + 1, msg_id="s:sign-1:1:all")
+    assert step.rejected is None and len(events_of(c.stores[1])) == n1
+    # the same body claiming party 3 as sender is opened, and rejected on the record
+    step = c.rt(1).handle(garbage, mpc_subject("s", "sign-1", None), seq + 2, msg_id="s:sign-1:3:all")
+    assert step.rejected and len(events_of(c.stores[1])) > n1
+    # a start is never passed over, whatever its msg id says
+    step = c.rt(2).handle(garbage, mpc_subject("t", "start", None), seq + 3, msg_id="t:start:2:all")
+    assert step.rejected and len(events_of(c.stores[2])) > n2
