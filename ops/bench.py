@@ -33,7 +33,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-__all__ = ["PHASES", "run_bench", "measure_primitives", "cmd_bench", "configure_parser", "format_table"]
+__all__ = ["PHASES", "run_bench", "measure_primitives", "measure_presign", "cmd_bench", "configure_parser",
+           "format_table"]
 
 PHASES = ("keygen", "aux_info", "presign", "sign")
 PARTIES = 3
@@ -112,7 +113,8 @@ def measure_primitives(n: int, batches: int = _BATCHES_PER_PASS) -> dict[str, li
 # ceremony -----------------------------------------------------------------
 
 
-def _paillier_keys(level, primes: PrimeSource, progress: TextIO | None) -> tuple[dict, float]:
+def _paillier_keys(level, primes: PrimeSource, progress: TextIO | None,
+                   parties: int = PARTIES) -> tuple[dict, float]:
     """Two distinct safe primes per party, all distinct; returns (keys, seconds spent)."""
     from engine.crypto.paillier import PaillierSecretKey
 
@@ -120,28 +122,30 @@ def _paillier_keys(level, primes: PrimeSource, progress: TextIO | None) -> tuple
     got: list[int] = []
     t0 = time.perf_counter()
     attempts = 0
-    while len(got) < 2 * PARTIES:
+    while len(got) < 2 * parties:
         attempts += 1
-        if attempts > 4 * PARTIES + 8:
+        if attempts > 4 * parties + 8:
             raise RuntimeError("the prime source keeps returning duplicates")
-        _progress(progress, f"[{level.name}] safe prime {len(got) + 1}/{2 * PARTIES} ({bits} bits)…")
+        _progress(progress, f"[{level.name}] safe prime {len(got) + 1}/{2 * parties} ({bits} bits)…")
         p = int(primes(bits))
         if p.bit_length() != bits:
             raise ValueError(f"prime source returned a {p.bit_length()}-bit value, wanted {bits}")
         if p not in got:
             got.append(p)
-    keys = {i: PaillierSecretKey(got[2 * k], got[2 * k + 1]) for k, i in enumerate(range(1, PARTIES + 1))}
+    keys = {i: PaillierSecretKey(got[2 * k], got[2 * k + 1]) for k, i in enumerate(range(1, parties + 1))}
     return keys, time.perf_counter() - t0
+
+
+def _no_primes(bits: int) -> int:
+    """The prime source of a simulation whose Paillier keys are given: any prime request is a bug."""
+    raise RuntimeError("bench run asked for fresh primes")
 
 
 def _one_run(level, keys: dict) -> dict[str, float]:
     from engine.crypto import ecdsa
     from engine.simulation import Simulation
 
-    def no_primes(bits: int) -> int:  # the keys are given; any prime request is a bug
-        raise RuntimeError("bench run asked for fresh primes")
-
-    sim = Simulation(PARTIES, THRESHOLD, level=level, primes=no_primes)
+    sim = Simulation(PARTIES, THRESHOLD, level=level, primes=_no_primes)
     shares = sim.keygen()
     aux = sim.aux_info(keys)
     presigs = sim.presign(shares, aux, SIGNERS)
@@ -194,6 +198,47 @@ def bench_level(
         "prime_generation_s": prime_seconds,
         "per_run": per_run,
         "runs": runs,
+    }
+
+
+def measure_presign(level_name: str, primes: PrimeSource | None = None, runs: int = 3,
+                    progress: TextIO | None = sys.stderr) -> dict[str, Any]:
+    """Per-party presign time of ``runs`` presigns by signers (1, 2), against the cost model at that modulus.
+
+    For callers that need the presign baseline without a whole bench (``conclave
+    loadtest``). A 2-of-2 key is enough: a presign with two signers does the same
+    work whoever else holds shares, and its untimed aux-info then costs two
+    parties' proofs instead of three.
+    """
+    from engine.crypto.primes import generate_safe_prime
+    from engine.crypto.security import get_level
+    from engine.simulation import Simulation
+
+    level = get_level(level_name)
+    n_parties = len(SIGNERS)
+    keys, prime_seconds = _paillier_keys(level, primes or generate_safe_prime, progress, parties=n_parties)
+    sim = Simulation(n_parties, n_parties, level=level, primes=_no_primes)
+    shares = sim.keygen()
+    _progress(progress, f"[{level.name}] aux-info for the presign baseline (not timed)…")
+    aux = sim.aux_info(keys)
+    per_party = []
+    for r in range(runs):
+        before = sim.timings.get("presign", 0.0)
+        sim.presign(shares, aux, SIGNERS)
+        per_party.append((sim.timings["presign"] - before) / n_parties)
+        _progress(progress, f"[{level.name}] presign {r + 1}/{runs}: {per_party[-1]:.3f} s per party")
+    prims = {name: statistics.median(v) for name, v in measure_primitives(keys[1].n).items()}
+    model = n_parties * sum(MODEL[k] * prims[k] for k in MODEL)
+    presign_pp = statistics.median(per_party)
+    return {
+        "presign_per_party_s": presign_pp,
+        "presign_runs_per_party_s": per_party,
+        "primitives": prims,
+        "model_presign_per_party_s": model,
+        "ratio_presign_to_model": presign_pp / model,
+        "presign_participants": n_parties,
+        "modulus_bits": int(keys[1].n).bit_length(),
+        "prime_generation_s": prime_seconds,
     }
 
 
