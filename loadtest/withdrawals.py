@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import statistics
 import sys
 import tempfile
@@ -28,24 +27,19 @@ from typing import Any
 import anyio
 
 from handlers import withdrawals as wq
+from loadtest.stats import percentile
 from ops.client import Coordinator
 from ops.deploy import Deployment
 from ops.output import emit, say
 from schemas.withdrawal import WithdrawalRequest
 
-__all__ = ["configure", "percentile"]
+__all__ = ["configure", "eth_request", "percentile"]
 
 TO = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by nearest rank."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[k]
-
-
-def _request(key_id: str, rid: str, n: int) -> WithdrawalRequest:
+def eth_request(key_id: str, rid: str, n: int) -> WithdrawalRequest:
+    """An Ethereum transfer the development policy (or any permissive one) signs; ``n`` varies nonce and path."""
     return WithdrawalRequest.from_json({
         "request_id": rid, "key_id": key_id, "path": f"m/0/{n % 1000}", "chain": "ethereum",
         "tx": {"chain_id": 1, "nonce": n, "to": TO, "value": "1000", "gas": 21000,
@@ -94,11 +88,11 @@ async def _measure(dep: Deployment, args) -> dict[str, Any]:
         say(f"filling the pool with {need} presignatures (not timed) ...")
         fill_seconds = await _fill(c, kid, need, args.fill_parallel)
         for n in range(args.warmup):
-            await _one(c, _request(kid, f"warm-{n}", n), shards, args.timeout)
+            await _one(c, eth_request(kid, f"warm-{n}", n), shards, args.timeout)
         say(f"latency: {args.latency_samples} withdrawals one at a time ...")
         lat: list[float] = []
         for n in range(args.latency_samples):
-            seconds, status = await _one(c, _request(kid, f"lat-{n}", n), shards, args.timeout)
+            seconds, status = await _one(c, eth_request(kid, f"lat-{n}", n), shards, args.timeout)
             if status != "signed":
                 raise RuntimeError(f"latency request {n} was {status}")
             lat.append(seconds)
@@ -109,7 +103,7 @@ async def _measure(dep: Deployment, args) -> dict[str, Any]:
         async with anyio.create_task_group() as tg:
             for n in range(args.burst):
                 async def go(n: int = n) -> None:
-                    seconds, status = await _one(c, _request(kid, f"burst-{n}", 10_000 + n), shards, args.timeout)
+                    seconds, status = await _one(c, eth_request(kid, f"burst-{n}", 10_000 + n), shards, args.timeout)
                     burst_lat.append(seconds)
                     statuses.append(status)
 

@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loadtest.withdrawals import configure as _configure_bench_withdrawals
 
     _configure_bench_withdrawals(sub)
+    from loadtest.cli import configure as _configure_loadtest
+
+    _configure_loadtest(sub)
     return parser
 
 
