@@ -185,6 +185,11 @@ class Policy:
     approvers: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}), compare=False)
     tiers: tuple[ApprovalTier, ...] = field(default=(), compare=False)
 
+    def velocity_limited(self, asset: str) -> bool:
+        """Whether :func:`evaluate` reads the spend history for ``asset`` (a 24 h limit is set)."""
+        limits = self.limits.get(asset)
+        return limits is not None and (limits.daily_amount is not None or limits.daily_count is not None)
+
     @property
     def digest_hex(self) -> str:
         return self.digest.hex()

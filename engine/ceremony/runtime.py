@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,6 +194,8 @@ class PartyRuntime:
         self.clock = clock
         self._running: dict[str, Ceremony] = {}
         self._finished: dict[str, str] = {}  # execution -> status
+        self._finished_counts: Counter[str] = Counter()
+        self._pool_counts: dict[str, dict[str, int]] = {}  # key id -> available / consumed presignatures
         self._keys: dict[str, dict[str, Any]] = {}
         self._presigs: dict[str, dict[str, Any]] = {}
         self._rejections = 0
@@ -230,18 +233,18 @@ class PartyRuntime:
                 ex = ceremony_ids.get(ev.originator_id)
                 if ex is not None:
                     self._running.pop(ex, None)
-                    self._finished[ex] = "completed" if isinstance(ev, Ceremony.Completed) else "aborted"
+                    self._mark_finished(ex, "completed" if isinstance(ev, Ceremony.Completed) else "aborted")
                     finished_at[ex] = ev.timestamp.timestamp()
             elif isinstance(ev, KeyShareRecord.Created):
                 self._keys[ev.key_id] = {"key_id": ev.key_id, "public_key": ev.public_key,
                                          "threshold": ev.threshold, "parties": list(ev.parties), "level": ev.level}
             elif isinstance(ev, PresignatureRecord.Created):
                 presig_ids[ev.originator_id] = ev.presig_id
-                self._presigs[ev.presig_id] = {"key_id": ev.key_id, "signers": list(ev.signers), "consumed": False}
+                self._add_presig(ev.presig_id, ev.key_id, ev.signers)
             elif isinstance(ev, PresignatureRecord.Consumed):
                 pid = presig_ids.get(ev.originator_id)
                 if pid is not None:
-                    self._presigs[pid]["consumed"] = True
+                    self._consume_presig(pid)
             elif isinstance(ev, Rejection.Recorded):
                 self._rejections += 1
             elif isinstance(ev, WithdrawalRecord.Decided):
@@ -539,7 +542,7 @@ class PartyRuntime:
                     f"the session was bound to {p['policy'].hex()[:16]}"), "policy-version"
         now = self.clock()
         spend = policy_rules.spend_of(request, {prepared.address})
-        history = [s for rid, s in self._spends.items() if rid != request.request_id]
+        history = self._recent_spends(request.request_id, now) if policy.velocity_limited(spend.asset) else ()
         decision = policy_rules.evaluate(policy, request, spend, now=now, history=history)
         rec = self.store.get(WithdrawalRecord, request_id=request.request_id)
         if rec is None:
@@ -553,6 +556,16 @@ class PartyRuntime:
             carry["tweak"] = prepared.tweak
             return None
         return f"policy: {decision.reason}", decision.rule
+
+    def _recent_spends(self, request_id: str, now: float) -> list[policy_rules.Spend]:
+        """Other requests' spends inside the velocity window; older ones are dropped for good."""
+        horizon = now - policy_rules.VELOCITY_WINDOW
+        while self._spends:
+            rid, first = next(iter(self._spends.items()))  # recorded in signing order
+            if first.at > horizon:
+                break
+            del self._spends[rid]
+        return [s for rid, s in self._spends.items() if rid != request_id]
 
     def _signing_now(self, request_id: str, input_: int) -> str | None:
         """The running ceremony that signs this request input, if any."""
@@ -717,7 +730,7 @@ class PartyRuntime:
             dek = self.store.vault.create(f"presig:{pid}")
             rec = PresignatureRecord(presig_id=pid, key_id=cer.params["key_id"], signers=list(cer.participants),
                                      sealed=seal_secret(dek, f"presig:{pid}", packb(output)))
-            self._presigs[pid] = {"key_id": cer.params["key_id"], "signers": list(cer.participants), "consumed": False}
+            self._add_presig(pid, cer.params["key_id"], cer.participants)
             return {"presig_id": pid, "key_id": cer.params["key_id"], "signers": list(cer.participants)}, [rec]
         sig: sign.SignatureResult = output
         pub = sig.public_key.to_bytes()
@@ -763,7 +776,7 @@ class PartyRuntime:
     def _after_commit(self, cer: Ceremony, step: _StepX) -> None:
         if cer.finished:
             self._running.pop(cer.execution, None)
-            self._finished[cer.execution] = cer.status
+            self._mark_finished(cer.execution, cer.status)
             self._deks.pop(cer.execution, None)
             self.store.vault.destroy(f"ceremony:{cer.execution}")
         for rec in step.extra:
@@ -773,7 +786,7 @@ class PartyRuntime:
                 if rec.spend is not None and rec.request_id not in self._spends:
                     self._spends[rec.request_id] = policy_rules.Spend(*rec.spend)
             if isinstance(rec, PresignatureRecord) and rec.consumed_by is not None:
-                self._presigs[rec.presig_id]["consumed"] = True
+                self._consume_presig(rec.presig_id)
                 self.store.vault.destroy(f"presig:{rec.presig_id}")
 
     # -- accepting protocol messages ---------------------------------------------
@@ -876,11 +889,6 @@ class PartyRuntime:
             flights.append({"execution": ex, "kind": cer.kind,
                             "round": _token(cer.phase, cer.round) if cer.phase else None,
                             "waiting_for": cer.missing(), "deadline_in": round(cer.deadline - now, 1)})
-        pools: dict[str, dict[str, int]] = {}
-        for rec in self._presigs.values():
-            pool = pools.setdefault(rec["key_id"], {"available": 0, "consumed": 0})
-            pool["consumed" if rec["consumed"] else "available"] += 1
-        finished = list(self._finished.values())
         policies: dict[str, dict[str, Any]] = {}
         warnings = []
         for key_id in sorted(self._keys):
@@ -895,9 +903,30 @@ class PartyRuntime:
                 warnings.append(f"wallet {key_id} runs under the DEVELOPMENT policy, which allows EVERY withdrawal; "
                                 f"install one with `conclave policy apply --key {key_id} FILE`")
         return {"party": self.party, "level": self.level, "keys": sorted(self._keys.values(), key=lambda k: k["key_id"]),
-                "ceremonies": flights, "presignatures": pools, "policies": policies, "warnings": warnings,
-                "finished": {"completed": finished.count("completed"), "aborted": finished.count("aborted")},
+                "ceremonies": flights, "presignatures": {k: dict(v) for k, v in self._pool_counts.items()},
+                "policies": policies, "warnings": warnings,
+                "finished": {"completed": self._finished_counts["completed"],
+                             "aborted": self._finished_counts["aborted"]},
                 "rejected_messages": self._rejections}
+
+    # the index behind status(), kept up to date as it changes rather than recounted per status
+
+    def _add_presig(self, pid: str, key_id: str, signers: Sequence[int]) -> None:
+        self._presigs[pid] = {"key_id": key_id, "signers": list(signers), "consumed": False}
+        self._pool_counts.setdefault(key_id, {"available": 0, "consumed": 0})["available"] += 1
+
+    def _consume_presig(self, pid: str) -> None:
+        rec = self._presigs[pid]
+        if not rec["consumed"]:
+            rec["consumed"] = True
+            counts = self._pool_counts[rec["key_id"]]
+            counts["available"] -= 1
+            counts["consumed"] += 1
+
+    def _mark_finished(self, execution: str, status: str) -> None:
+        if execution not in self._finished:
+            self._finished_counts[status] += 1
+        self._finished[execution] = status
 
     def available_presignatures(self, key_id: str, signers: Sequence[int]) -> list[str]:
         return sorted(pid for pid, r in self._presigs.items()
