@@ -774,11 +774,12 @@ class PartyRuntime:
         return _StepX(outgoing=out, reached=["aborted"])
 
     def _after_commit(self, cer: Ceremony, step: _StepX) -> None:
+        shred: list[str] = []
         if cer.finished:
             self._running.pop(cer.execution, None)
             self._mark_finished(cer.execution, cer.status)
             self._deks.pop(cer.execution, None)
-            self.store.vault.destroy(f"ceremony:{cer.execution}")
+            shred.append(f"ceremony:{cer.execution}")
         for rec in step.extra:
             if isinstance(rec, WithdrawalRecord):
                 for i, ex in rec.signed.items():
@@ -787,7 +788,8 @@ class PartyRuntime:
                     self._spends[rec.request_id] = policy_rules.Spend(*rec.spend)
             if isinstance(rec, PresignatureRecord) and rec.consumed_by is not None:
                 self._consume_presig(rec.presig_id)
-                self.store.vault.destroy(f"presig:{rec.presig_id}")
+                shred.append(f"presig:{rec.presig_id}")
+        self.store.vault.destroy(*shred)
 
     # -- accepting protocol messages ---------------------------------------------
 
