@@ -41,6 +41,7 @@ __all__ = ["configure", "cmd_loadtest"]
 
 DEFAULT_REQUESTS = {"burst": 500, "sustained": 100, "shards": 500, "faults": 60}
 DEFAULT_RATE = 2.0  # sustained
+DEFAULT_LATENCY_SAMPLES = 100  # burst: one at a time first
 DEFAULT_CONCURRENCY = 4  # faults
 # options that shape a deployment this command starts; an attached one is used as it is
 OWN_DEPLOYMENT_ONLY = ("nats", "pool", "security_level", "shards", "refill_parallel", "keep")
@@ -60,7 +61,8 @@ def resolve(args: argparse.Namespace) -> Settings:
         raise _usage("--pool on|off applies to the sustained scenario; burst, shards and faults need the pool on")
     requests = DEFAULT_REQUESTS[scenario] if args.requests is None else args.requests
     for name, value, low in (("--requests", requests, 1), ("--warmup", args.warmup, 0),
-                             ("--down-for", args.down_for, 0), ("--refill-parallel", args.refill_parallel or 1, 1)):
+                             ("--down-for", args.down_for, 0),
+                             ("--latency-samples", args.latency_samples or 0, 0), ("--refill-parallel", args.refill_parallel or 1, 1)):
         if value < low:
             raise _usage(f"{name} must be at least {low}")
     if args.duration <= 0 or args.timeout <= 0:
@@ -69,6 +71,8 @@ def resolve(args: argparse.Namespace) -> Settings:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Settings(
         scenario=scenario, requests=requests, warmup=args.warmup,
+        latency_samples=(DEFAULT_LATENCY_SAMPLES if args.latency_samples is None else args.latency_samples)
+        if scenario == "burst" else 0,
         load=LoadSpec(*_mode(args), duration=args.duration, timeout=args.timeout), pool=args.pool != "off",
         down_for=args.down_for, level=level, prime_pool=args.prime_pool, shards=args.shards or 2,
         refill_parallel=args.refill_parallel, nats=args.nats, data_dir=args.data_dir, key=args.key, keep=args.keep,
@@ -245,6 +249,9 @@ def configure(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=600.0, help="stop issuing after S seconds (default 600)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="then wait at most S seconds for outstanding results; later ones count as lost (default 120)")
+    p.add_argument("--latency-samples", type=int,
+                   help=f"burst: withdrawals sent one at a time before the burst, for the latency targets "
+                        f"(default {DEFAULT_LATENCY_SAMPLES}; 0 skips them)")
     p.add_argument("--warmup", type=int, default=3, help="withdrawals sent one at a time before measuring (default 3)")
     p.add_argument("--pool", choices=("on", "off"), help="sustained: refill the presignature pool in the background "
                                                           "(on, default) or presign in every withdrawal (off)")

@@ -46,9 +46,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         tag = f" ({run['name']})" if len(runs) > 1 else ""
-        rows += _latency_rows(run, tag, nats_p50)
+        judged_on = run.get("judged_on")
+        rows += _latency_rows(run, tag, nats_p50, judged=judged_on in (None, "latency"))
         rate = run["throughput_per_s"]
-        if result["scenario"] in ("burst", "shards"):
+        if result["scenario"] in ("burst", "shards") and judged_on in (None, "throughput"):
             rows.append(_row(f"burst throughput{tag}", f"{_num(rate)} signatures/s", rate / BURST_PER_S,
                              f"≥ {BURST_PER_S:g}/s", rate >= BURST_PER_S))
         if run["per_signature_ms"]:
@@ -67,16 +68,18 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _latency_rows(run: dict[str, Any], tag: str, nats_p50: float) -> list[dict[str, Any]]:
+def _latency_rows(run: dict[str, Any], tag: str, nats_p50: float, judged: bool = True) -> list[dict[str, Any]]:
+    """The latency targets; a phase that queues on purpose (a burst) shows them without a verdict."""
     lat = run["latency_ms"]
     if not lat["count"]:
         return []
     ratio = lat["p50"] / nats_p50
+    note = "" if judged else "requests queue behind each other here; judged one at a time"
     return [
         _row(f"latency p50 ÷ NATS round-trip p50{tag}", f"{_num(lat['p50'])} ms ÷ {nats_p50:.3f} ms", ratio,
-             f"≤ {P50_OVER_NATS:g}×", ratio <= P50_OVER_NATS),
+             f"≤ {P50_OVER_NATS:g}×", ratio <= P50_OVER_NATS if judged else None, note),
         _row(f"latency p99{tag}", f"{_num(lat['p99'])} ms", lat["p99"] / P99_MS, f"≤ {P99_MS:g} ms",
-             lat["p99"] <= P99_MS),
+             lat["p99"] <= P99_MS if judged else None, note),
     ]
 
 
@@ -106,7 +109,10 @@ def scenario_figures(result: dict[str, Any]) -> dict[str, Any]:
         return {"phases": {k: {"issued": v["issued"], "signed": v["signed"], "errors": v["errors"],
                                "retries": v["retries"]["total"], "latency_ms": v["latency_ms"]}
                            for k, v in runs[0].get("phases", {}).items()}}
-    return {"signatures_per_s": runs[0]["throughput_per_s"]}
+    figures = {"signatures_per_s": runs[-1]["throughput_per_s"]}  # a burst's last phase is the burst itself
+    if len(runs) > 1:
+        figures["one_at_a_time_latency_ms"] = runs[0]["latency_ms"]
+    return figures
 
 
 def _verdict(met: bool | None) -> str:

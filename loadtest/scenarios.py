@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Settings:
     scenario: str
     requests: int
     warmup: int
+    latency_samples: int  # burst: withdrawals sent one at a time before the burst, for the latency targets
     load: LoadSpec
     pool: bool
     down_for: float
@@ -99,11 +100,21 @@ Fault = Callable[[Load], Awaitable[None]]
 
 
 def _burst_pool(s: Settings) -> int:
-    return s.requests + s.warmup + SPARE
+    latency = s.latency_samples + s.warmup if s.scenario == "burst" and s.latency_samples else 0
+    return latency + s.requests + s.warmup + SPARE
 
 
 async def burst(ctx: Context) -> list[dict[str, Any]]:
-    return [await _load(ctx, "burst", "b", await _fill(ctx, _burst_pool(ctx.settings)))]
+    """Latency one withdrawal at a time (what the latency targets mean: no queue), then throughput all at once."""
+    s = ctx.settings
+    fill = await _fill(ctx, _burst_pool(s))
+    runs = []
+    if s.latency_samples:
+        one_at_a_time = replace(s.load, rate=None, concurrency=1)
+        runs.append(await _load(ctx, "one at a time", "lat", fill, count=s.latency_samples, spec=one_at_a_time,
+                                kind="latency"))
+    runs.append(await _load(ctx, "burst", "b", None if runs else fill, kind="throughput"))
+    return runs
 
 
 async def sustained(ctx: Context) -> list[dict[str, Any]]:
@@ -182,10 +193,14 @@ async def _top_up(ctx: Context, missing: int) -> None:
                 tg.start_soon(lane, missing // lanes + (1 if k < missing % lanes else 0))
 
 
-async def _load(ctx: Context, name: str, slug: str, fill: dict[str, Any] | None,
-                fault: Fault | None = None) -> dict[str, Any]:
-    """Warm up, then one measured load phase with the pool and in-flight count sampled throughout."""
-    s = ctx.settings
+async def _load(ctx: Context, name: str, slug: str, fill: dict[str, Any] | None, fault: Fault | None = None, *,
+                count: int | None = None, spec: LoadSpec | None = None, kind: str | None = None) -> dict[str, Any]:
+    """Warm up, then one measured load phase with the pool and in-flight count sampled throughout.
+
+    ``kind`` says which targets the phase is judged on: ``latency`` (p50, p99), ``throughput`` (signatures/s),
+    or None for both.
+    """
+    s = replace(ctx.settings, requests=count or ctx.settings.requests, load=spec or ctx.settings.load)
     results = Results()
     async with results.listening(ctx.nc):
         await warm_up(results, ctx.submit, ctx.requests(f"{slug}-warm", s.warmup), s.load.timeout)
@@ -204,7 +219,7 @@ async def _load(ctx: Context, name: str, slug: str, fill: dict[str, Any] | None,
                 tg.cancel_scope.cancel()
             await load.sample(level)
             bar.update(load.finished, load.note())
-    return _record(name, load, before, fill, results)
+    return {**_record(name, load, before, fill, results), "judged_on": kind}
 
 
 async def _run_fault(fault: Fault | None, load: Load, over: anyio.Event) -> None:
