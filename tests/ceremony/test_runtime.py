@@ -587,3 +587,32 @@ def test_broadcasts_that_change_nothing_are_passed_over_before_any_crypto(cluste
     # a start is never passed over, whatever its msg id says
     step = c.rt(2).handle(garbage, mpc_subject("t", "start", None), seq + 3, msg_id="t:start:2:all")
     assert step.rejected and len(events_of(c.stores[2])) > n2
+
+
+def test_spends_older_than_the_velocity_window_are_dropped_for_good(cluster):
+    from engine.policy import VELOCITY_WINDOW, Spend
+
+    rt, now = cluster.rt(1), 2_000_000.0
+    rt._spends = {"old": Spend("ETH", 1, now - VELOCITY_WINDOW - 1), "r1": Spend("ETH", 2, now - 10),
+                  "me": Spend("ETH", 3, now - 5)}
+    assert rt._recent_spends("me", now) == [Spend("ETH", 2, now - 10)]
+    assert list(rt._spends) == ["r1", "me"]
+
+
+def test_status_counts_follow_presignatures_and_ceremonies(cluster):
+    c = cluster
+    before = c.rt(1).status()
+    c.start("p", "presign", (1, 2), {"key_id": KEY_ID})
+    c.run()
+    made = c.rt(1).status()
+    c.sign("counted", (1, 2), digest_of("counted"), presig_id="p")
+    after = c.rt(1).status()
+    pool_before = before["presignatures"].get(KEY_ID, {"available": 0, "consumed": 0})
+    assert made["presignatures"][KEY_ID] == {"available": pool_before["available"] + 1,
+                                             "consumed": pool_before["consumed"]}
+    assert after["presignatures"][KEY_ID] == {"available": pool_before["available"],
+                                              "consumed": pool_before["consumed"] + 1}
+    assert after["finished"]["completed"] == before["finished"]["completed"] + 2
+    # the counts agree with a recount from the index they summarise
+    recount = sum(1 for r in c.rt(1)._presigs.values() if r["key_id"] == KEY_ID and r["consumed"])
+    assert after["presignatures"][KEY_ID]["consumed"] == recount

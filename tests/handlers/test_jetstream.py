@@ -15,6 +15,7 @@ import pytest
 from nats.js import api
 
 from handlers.jetstream import (
+    OutcomeRouter,
     MAX_MSG_SIZE,
     MPC_STREAM,
     OUT_STREAM,
@@ -388,6 +389,49 @@ async def test_outcome_subscription_survives_broker_restart(nats_server):
             assert time.monotonic() - t0 < 3
             with pytest.raises(TimeoutError):
                 await outcomes.next(timeout=0.3)  # resumed after seq 1: no replay of "one"
+    finally:
+        await close(nc)
+
+
+async def test_routed_outcomes_arrive_live_and_fall_back_to_the_stream(nats_server):
+    nc, js = await _setup(nats_server.url, parties=())
+    try:
+        router = OutcomeRouter(js, fallback_after=0.5)
+        await router.start()
+        await publish(js, outcome_subject("old", 1), b"before the watch", "p1")
+        async with router.watch("new") as live, router.watch("old") as late:
+            await publish(js, outcome_subject("new", 2), b"live", "n2")
+            await publish(js, outcome_subject("other", 3), b"someone else's", "x3")
+            t0 = time.monotonic()
+            assert await live.next() == (2, b"live")
+            assert time.monotonic() - t0 < 0.4  # straight off the shared subscription
+            # published before anyone listened: only the stream has it, after the fallback delay
+            assert await late.next() == (1, b"before the watch")
+            assert time.monotonic() - t0 >= 0.4
+            # once on the stream, later outcomes come from it too, and nothing twice
+            await publish(js, outcome_subject("old", 2), b"after", "p2")
+            assert await late.next() == (2, b"after")
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.3):
+                    await late.next()
+        with pytest.raises(ValueError):
+            async with router.watch("bad.id"):
+                pass
+    finally:
+        await close(nc)
+
+
+async def test_routed_outcomes_switch_to_the_stream_after_a_reconnect(nats_server):
+    nc, js = await _setup(nats_server.url, parties=())
+    try:
+        router = OutcomeRouter(js, fallback_after=60)
+        await router.start()
+        async with router.watch("exr") as outcomes:
+            nats_server.kill()
+            await anyio.to_thread.run_sync(nats_server.start)
+            await publish(js, outcome_subject("exr", 1), b"maybe missed live", "q1")
+            with anyio.fail_after(5):  # not the 60 s fallback: the reconnect is noticed
+                assert await outcomes.next() == (1, b"maybe missed live")
     finally:
         await close(nc)
 
