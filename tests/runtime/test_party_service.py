@@ -102,11 +102,11 @@ def test_a_message_that_always_fails_is_recorded_and_skipped(tmp_path, nats_serv
     real_handle = victim.handle
     poisoned: list[int] = []
 
-    def handle(raw, subject, seq, published_at=None):
+    def handle(raw, subject, seq, published_at=None, msg_id=None):
         if ".keygen-2." in subject and (not poisoned or poisoned[0] == seq):
             poisoned[:1] = [seq]
             raise RuntimeError("cannot process this one")
-        return real_handle(raw, subject, seq, published_at)
+        return real_handle(raw, subject, seq, published_at, msg_id)
 
     victim.handle = handle
 
