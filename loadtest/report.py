@@ -252,6 +252,21 @@ def _scenario_line(result: dict[str, Any]) -> list[str]:
     return []
 
 
+def _cpu(result: dict[str, Any]) -> list[str]:
+    """CPU milliseconds per signature by process: what bounds throughput on this machine."""
+    runs = [r for r in result["runs"] if r.get("cpu", {}).get("ms_per_signature")]
+    if not runs:
+        return ["No process could be read (an external broker's server, or no signature)."]
+    names = list(dict.fromkeys(n for r in runs for n in r["cpu"]["ms_per_signature"]))
+    rows = [[n, *(_num(r["cpu"]["ms_per_signature"].get(n), 2) for r in runs)] for n in names]
+    rows.append(["**all processes**", *(f"**{_num(r['cpu']['total_ms_per_signature'], 2)}**" for r in runs)])
+    nproc = result["machine"]["nproc"]
+    out = _table(["CPU ms per signature", *(r["name"] for r in runs)], rows, "r")
+    return out + ["", f"User + system CPU of each process during the phase, divided by the signatures it produced. "
+                      f"With {nproc} CPUs, {nproc} × 1000 ÷ the total is the most signatures per second these "
+                      f"processes could give if nothing else ran."]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     verdict = ("every request was signed" if result["ok"]
                else "**not every request was signed** (see Errors)")
@@ -263,6 +278,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{verdict}.", "",
         "## Setup", "", *_setup(result), "",
         "## Summary", "", *_scenario_line(result), *_summary(result), "",
+        "## CPU by process", "", *_cpu(result), "",
         "## Baselines (same run, before the load)", "", *_baselines(result), "",
         "## Against targets", "", *_targets(result), "",
         "## Errors", "", *_errors(result), "",

@@ -27,7 +27,7 @@ from handlers import withdrawals as wq
 from loadtest.driver import Load, LoadSpec, Pending, Results, pool_level, wait_for_pool, warm_up
 from loadtest.errors import LoadtestError
 from loadtest.progress import Bar
-from loadtest.stats import Fate, per_second, phase_summaries, summarise
+from loadtest.stats import Fate, cpu_per_signature, per_second, phase_summaries, summarise
 from loadtest.target import Target, kill_party, restart, split_workers
 from loadtest.withdrawals import eth_request
 from ops.client import CeremonyFailed, Coordinator
@@ -207,6 +207,7 @@ async def _load(ctx: Context, name: str, slug: str, fill: dict[str, Any] | None,
         pending = [results.expect(Pending(r)) for r in ctx.requests(slug, s.requests)]
         level = functools.partial(pool_level, ctx.js, ctx.key_id)
         before = await level()
+        cpu_before = ctx.target.cpu_seconds()
         with Bar(name, s.requests) as bar:
             async with anyio.create_task_group() as tg:
                 load = Load(pending, s.load, ctx.submit)
@@ -219,7 +220,9 @@ async def _load(ctx: Context, name: str, slug: str, fill: dict[str, Any] | None,
                 tg.cancel_scope.cancel()
             await load.sample(level)
             bar.update(load.finished, load.note())
-    return {**_record(name, load, before, fill, results), "judged_on": kind}
+    record = _record(name, load, before, fill, results)
+    record["cpu"] = cpu_per_signature(cpu_before, ctx.target.cpu_seconds(), record["signed"])
+    return {**record, "judged_on": kind}
 
 
 async def _run_fault(fault: Fault | None, load: Load, over: anyio.Event) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["SIGNED", "LOST", "PUBLISH_ERROR", "Fate", "percentile", "latency_summary", "issue_offsets", "error_kind",
-           "summarise", "per_second", "phase_summaries"]
+           "summarise", "per_second", "phase_summaries", "cpu_per_signature"]
 
 SIGNED = "signed"
 LOST = "lost"
@@ -137,3 +137,18 @@ def _distribution(values: Iterable[int]) -> dict[str, int]:
 
 def _r(x: float) -> float:
     return round(x, 3)
+
+
+def cpu_per_signature(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]],
+                      signed: int) -> dict[str, Any]:
+    """CPU each process spent during a phase, in total and per signature: where a throughput limit lies.
+
+    ``before`` and ``after`` map a role to (pid, CPU seconds); a role whose process was replaced meanwhile (a
+    restarted party) is left out, since its two readings belong to different processes.
+    """
+    spent = {name: after[name][1] - before[name][1] for name in after
+             if name in before and after[name][0] == before[name][0]}
+    total = sum(spent.values())
+    per = {name: round(s * 1000 / signed, 2) for name, s in spent.items()} if signed else {}
+    return {"seconds": {name: round(s, 3) for name, s in spent.items()}, "ms_per_signature": per,
+            "total_ms_per_signature": round(total * 1000 / signed, 2) if signed else None}

@@ -77,6 +77,28 @@ class Target:
                 "refill_parallel": sched.refill_parallel, "concurrency_per_shard": sched.concurrency,
                 "max_attempts": sched.max_attempts}
 
+    def processes(self) -> dict[str, int]:
+        """The deployment's processes on this machine by role, for CPU accounting (the load test is one too)."""
+        dep = self.dep
+        found = {f"party {i}": dep.party_pid(i) for i in dep.party_ids()}
+        found.update({f"worker {n}" if n != "worker" else "worker": dep.worker_pid(n) for n in dep.worker_names()})
+        if self.config["nats"]["embedded"]:
+            found["nats-server"] = dep.nats_pid()
+        found["loadtest"] = os.getpid()
+        return {name: pid for name, pid in found.items() if pid}
+
+    def cpu_seconds(self) -> dict[str, tuple[int, float]]:
+        """(pid, user + system CPU seconds so far) per process (Linux ``/proc``); gone ones are left out."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, pid in self.processes().items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            out[name] = (pid, (int(fields[11]) + int(fields[12])) / tick)
+        return out
+
     def close(self, remove: bool) -> None:
         """`conclave down` a deployment this command started (unless --keep); drop its temp directory if asked."""
         if not self.owned or self.keep:

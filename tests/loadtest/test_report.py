@@ -6,7 +6,7 @@ import matplotlib.image
 
 from loadtest.plots import write_plots
 from loadtest.report import render_markdown, scenario_figures, summary_text, targets
-from loadtest.stats import Fate, per_second, summarise
+from loadtest.stats import Fate, cpu_per_signature, per_second, summarise
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,6 +21,8 @@ def canned_run(name: str, fates: list[Fate], events: list[dict] | None = None) -
         "timeline": per_second(fates, samples, 2.0), "samples": samples,
         "request_log": [{"id": f.request_id, "issued_s": f.issued, "finished_s": f.finished, "outcome": f.outcome,
                          "attempts": f.attempts, "deadlettered": f.deadlettered} for f in fates],
+        "cpu": cpu_per_signature({"party 1": (11, 1.0), "worker": (12, 2.0)},
+                                 {"party 1": (11, 1.5), "worker": (12, 2.25)}, 50),
     }
 
 
@@ -122,3 +124,10 @@ def test_plots_are_valid_pngs(tmp_path):
         assert data.startswith(PNG_MAGIC)
         height, width, _ = matplotlib.image.imread(tmp_path / name).shape
         assert width > 600 and height > 400
+
+
+def test_the_report_shows_cpu_per_signature_by_process():
+    md = render_markdown(canned())
+    section = md.split("## CPU by process", 1)[1].split("##", 1)[0]
+    assert "| party 1 | 10.00 |" in section and "| worker | 5.00 |" in section
+    assert "**15.00**" in section and "2 × 1000 ÷ the total" in section

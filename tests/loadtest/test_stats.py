@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.stats import (Fate, error_kind, issue_offsets, latency_summary, per_second, percentile,
-                            phase_summaries, summarise)
+from loadtest.stats import (Fate, cpu_per_signature, error_kind, issue_offsets, latency_summary, per_second,
+                            percentile, phase_summaries, summarise)
 
 
 def test_percentiles_are_nearest_rank_and_always_a_measured_value():
@@ -80,3 +80,12 @@ def test_phases_split_requests_by_issue_time():
                                      ("after", 1.2, float("inf"))])
     assert {k: v["issued"] for k, v in phases.items()} == {"before": 2, "during": 3, "after": 2}
     assert phases["after"]["errors"] == {"lost": 1, "publish_error": 1}
+
+
+def test_cpu_per_signature_leaves_out_a_process_that_was_replaced():
+    before = {"party 1": (10, 3.0), "party 2": (20, 4.0), "worker": (30, 1.0)}
+    after = {"party 1": (10, 5.0), "party 2": (21, 0.5), "worker": (30, 2.0)}  # party 2 was restarted
+    cpu = cpu_per_signature(before, after, 100)
+    assert cpu == {"seconds": {"party 1": 2.0, "worker": 1.0}, "ms_per_signature": {"party 1": 20.0, "worker": 10.0},
+                   "total_ms_per_signature": 30.0}
+    assert cpu_per_signature(before, after, 0)["total_ms_per_signature"] is None
