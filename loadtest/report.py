@@ -17,7 +17,8 @@ PRESIGN_OVER_MODEL = 0.7
 # a peer's published figures for threshold ECDSA (GG18) over NATS JetStream: 134-167 signatures per minute
 PEER_PER_MIN = (134.0, 167.0)
 EXPLAINED = {
-    "burst": "the pool filled to requests + warm-up, a few warm-up withdrawals, then every request published at once",
+    "burst": "the pool filled for both phases; withdrawals one at a time (the latency targets), then, after a few "
+             "warm-up ones, every request published at once (the throughput target)",
     "sustained": "an open loop at a fixed rate with the pool refilling in the background (or off: every withdrawal "
                  "presigns)",
     "shards": "the same burst with one worker owning every shard, then with one worker per shard",
