@@ -75,7 +75,7 @@ def _latency_rows(run: dict[str, Any], tag: str, nats_p50: float, judged: bool =
     if not lat["count"]:
         return []
     ratio = lat["p50"] / nats_p50
-    note = "" if judged else "requests queue behind each other here; judged one at a time"
+    note = "" if judged else "the latency targets are for one withdrawal at a time (burst); here requests queue"
     return [
         _row(f"latency p50 ÷ NATS round-trip p50{tag}", f"{_num(lat['p50'])} ms ÷ {nats_p50:.3f} ms", ratio,
              f"≤ {P50_OVER_NATS:g}×", ratio <= P50_OVER_NATS if judged else None, note),

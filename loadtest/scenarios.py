@@ -119,22 +119,23 @@ async def burst(ctx: Context) -> list[dict[str, Any]]:
 
 async def sustained(ctx: Context) -> list[dict[str, Any]]:
     fill = await _fill(ctx, ctx.target.scheduler().pool_high) if ctx.settings.pool and ctx.target.owned else None
-    return [await _load(ctx, f"sustained, pool {'on' if ctx.settings.pool else 'off'}", "s", fill)]
+    return [await _load(ctx, f"sustained, pool {'on' if ctx.settings.pool else 'off'}", "s", fill,
+                        kind="throughput")]
 
 
 async def shards(ctx: Context) -> list[dict[str, Any]]:
     count, need = ctx.target.shards, _burst_pool(ctx.settings)
-    one = await _load(ctx, f"1 worker, {count} shards", "one", await _fill(ctx, need))
+    one = await _load(ctx, f"1 worker, {count} shards", "one", await _fill(ctx, need), kind="throughput")
     fill = await _fill(ctx, need)  # the first burst left the pool at the low watermark: topped up from here
     names = await anyio.to_thread.run_sync(split_workers, ctx.target)
-    split = await _load(ctx, f"{count} workers, 1 shard each", "split", fill)
+    split = await _load(ctx, f"{count} workers, 1 shard each", "split", fill, kind="throughput")
     split["workers"] = names
     return [one, split]
 
 
 async def faults(ctx: Context) -> list[dict[str, Any]]:
     fill = await _fill(ctx, ctx.target.scheduler().pool_high)
-    return [await _load(ctx, "faults", "f", fill, fault=_party_fault(ctx, FAULT_PARTY))]
+    return [await _load(ctx, "faults", "f", fill, fault=_party_fault(ctx, FAULT_PARTY), kind="fault")]
 
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[list[dict[str, Any]]]]] = {
@@ -197,8 +198,8 @@ async def _load(ctx: Context, name: str, slug: str, fill: dict[str, Any] | None,
                 count: int | None = None, spec: LoadSpec | None = None, kind: str | None = None) -> dict[str, Any]:
     """Warm up, then one measured load phase with the pool and in-flight count sampled throughout.
 
-    ``kind`` says which targets the phase is judged on: ``latency`` (p50, p99), ``throughput`` (signatures/s),
-    or None for both.
+    ``kind`` says which targets the phase is judged on: ``latency`` (p50, p99: one withdrawal at a time),
+    ``throughput`` (signatures/s), ``fault`` (neither: it shows what a failure costs); None, both.
     """
     s = replace(ctx.settings, requests=count or ctx.settings.requests, load=spec or ctx.settings.load)
     results = Results()

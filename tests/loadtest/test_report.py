@@ -131,3 +131,14 @@ def test_the_report_shows_cpu_per_signature_by_process():
     section = md.split("## CPU by process", 1)[1].split("##", 1)[0]
     assert "| party 1 | 10.00 |" in section and "| worker | 5.00 |" in section
     assert "**15.00**" in section and "2 × 1000 ÷ the total" in section
+
+
+def test_only_a_phase_meant_for_a_target_is_judged_on_it():
+    fates = [Fate(f"r{k}", k * 0.002, k * 0.002 + 0.001, "signed", 1) for k in range(10)]
+    runs = [dict(canned_run("one at a time", fates), judged_on="latency"),
+            dict(canned_run("burst", fates), judged_on="throughput")]
+    v = verdicts(canned(runs=runs))
+    assert v["latency p99 (one at a time)"] is True and v["latency p99 (burst)"] is None
+    assert v["burst throughput (burst)"] is not None and "burst throughput (one at a time)" not in v
+    fault = verdicts(canned("faults", runs=[dict(canned_run("faults", fates), judged_on="fault")]))
+    assert fault["latency p99"] is None
