@@ -23,7 +23,7 @@ from loadtest.progress import Bar
 from loadtest.stats import LOST, PUBLISH_ERROR, SIGNED, Fate, error_kind, issue_offsets
 from schemas.withdrawal import RequestError, WithdrawalRequest, WithdrawalResult
 
-__all__ = ["Pending", "Results", "LoadSpec", "Load", "pool_level", "warm_up", "wait_for_pool"]
+__all__ = ["Pending", "Results", "LoadSpec", "Load", "pool_level", "settled_pool_level", "warm_up", "wait_for_pool"]
 
 SAMPLE_EVERY = 0.5  # seconds between pool / in-flight samples
 Submit = Callable[[WithdrawalRequest], Awaitable[Any]]
@@ -221,6 +221,17 @@ async def pool_level(js: Any, key_id: str) -> int | None:
     return sum(n for name, n in levels.items() if name.rsplit("/", 1)[0] == key_id)
 
 
+async def settled_pool_level(js: Any, key_id: str, reads: int = 3, every: float = 0.2) -> int:
+    """The highest of a few readings. Under load one listing of the bucket has come back empty while presignatures
+    were there (seen right after a burst), and a fill that trusts it waits for a refill that never starts."""
+    best = 0
+    for k in range(reads):
+        best = max(best, await pool_level(js, key_id) or 0)
+        if k + 1 < reads:
+            await anyio.sleep(every)
+    return best
+
+
 async def warm_up(results: Results, submit: Submit, requests: list[WithdrawalRequest], timeout: float) -> None:
     """Send a few requests one at a time before measuring; any that does not sign stops the run."""
     for request in requests:
@@ -237,7 +248,7 @@ async def warm_up(results: Results, submit: Submit, requests: list[WithdrawalReq
 async def wait_for_pool(js: Any, key_id: str, need: int, stall: float) -> dict[str, Any]:
     """Wait until the wallet's pool holds ``need`` presignatures; LoadtestError if it stops rising for ``stall`` s."""
     t0 = last_change = time.monotonic()
-    start = level = await pool_level(js, key_id) or 0
+    start = level = await settled_pool_level(js, key_id)
     with Bar("filling the presignature pool", need) as bar:
         while level < need:
             if time.monotonic() - last_change > stall:

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from handlers import withdrawals as wq
-from loadtest.driver import Load, LoadSpec, Pending, Results, pool_level, wait_for_pool, warm_up
+from loadtest.driver import Load, LoadSpec, Pending, Results, pool_level, settled_pool_level, wait_for_pool, warm_up
 from loadtest.errors import LoadtestError
 from loadtest.progress import Bar
 from loadtest.stats import Fate, cpu_per_signature, per_second, phase_summaries, summarise
@@ -167,7 +167,7 @@ async def _fill(ctx: Context, need: int) -> dict[str, Any]:
     """
     stall = ctx.settings.load.timeout
     sched = ctx.target.scheduler()
-    level = await pool_level(ctx.js, ctx.key_id) or 0
+    level = await settled_pool_level(ctx.js, ctx.key_id)
     if ctx.target.owned and level < sched.pool_low and sched.pool_high >= need:
         return await wait_for_pool(ctx.js, ctx.key_id, need, stall)
     async with anyio.create_task_group() as tg:
