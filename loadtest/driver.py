@@ -256,7 +256,7 @@ async def wait_for_pool(js: Any, key_id: str, need: int, stall: float) -> dict[s
                                     "see <data dir>/worker/*.log and `conclave status`")
             await anyio.sleep(0.5)
             new = await pool_level(js, key_id)
-            if new is not None and new != level:
+            if new is not None and new > level:  # only a rise is progress: a misread low must not reset the clock
                 level, last_change = new, time.monotonic()
             bar.update(level)
     return {"start": start, "level": level, "seconds": round(time.monotonic() - t0, 1)}
