@@ -108,7 +108,8 @@ def over_nats(level: str, runs: int, pool: str | None) -> dict[str, Any]:
     from ops.deploy import Deployment
 
     with tempfile.TemporaryDirectory() as d:
-        up = ["up", "--data-dir", d, "--security-level", level, "--json", "--round-timeout", "300"]
+        # no background refill: it would presign on the same CPUs while the sign is timed
+        up = ["up", "--data-dir", d, "--security-level", level, "--json", "--round-timeout", "300", "--pool-high", "0"]
         if pool:
             up += ["--prime-pool", pool]
         with contextlib.redirect_stdout(io.StringIO()):
