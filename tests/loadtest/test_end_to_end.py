@@ -84,7 +84,8 @@ def test_faults_kill_and_restart_party_2_while_the_load_runs(tmp_path, capsys):
     check_files(out, result)
     check_stopped(home)
     assert [e["kind"] for e in run["events"]] == ["kill", "restart", "ready"]
-    assert run["events"][1]["t"] - run["events"][0]["t"] >= 1.0
+    # --down-for 1 between the marks; each time is rounded to the millisecond on its own
+    assert run["events"][1]["t"] - run["events"][0]["t"] >= 1.0 - 0.002
     assert sum(p["issued"] for p in run["phases"].values()) == run["issued"] == 12
     assert all(r["outcome"] is not None for r in run["request_log"])
     assert result["baselines"]["presign"] == {"skipped": "--no-baselines"}
